@@ -1,0 +1,113 @@
+"""The ``fpmon`` command: ``demo`` (a run with a known transition) and ``analyze`` (saved step files)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from tqdm.auto import tqdm
+
+app = typer.Typer(
+    name="fpmon",
+    help="Fokker–Planck monitoring of RLHF runs: find the steps where the policy's answers reorganised.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _console() -> Console:
+    from .demo import wide_console
+
+    return wide_console()
+
+
+@app.command()
+def demo(
+    steps: Annotated[int, typer.Option(help="Training steps of the particle run.")] = 100,
+    transition: Annotated[int, typer.Option(help="Step at which the new (exploit) minimum appears.")] = 60,
+    n: Annotated[int, typer.Option(help="Responses (particles) per step.")] = 256,
+    latent_dim: Annotated[int, typer.Option(help="Dimension of the simulated embedding space.")] = 256,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Watch a particle-solver run with a known transition, as RLHFMonitor watches an RLHF run."""
+    from .demo import print_demo, run_demo
+
+    console = _console()
+    if not 0 < transition < steps:
+        raise typer.BadParameter(f"--transition must be between 1 and --steps - 1 = {steps - 1}")
+    console.print(
+        f"[bold]fpmon demo[/]: {n} responses per step in {latent_dim} dimensions; at step {transition} a "
+        "deeper reward minimum (an exploit) appears and the policy's answers migrate to it."
+    )
+    result = run_demo(n=n, latent_dim=latent_dim, n_steps=steps, transition_step=transition, seed=seed)
+    print_demo(result, console)
+    if result.delay is None:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def analyze(
+    files: Annotated[
+        list[Path], typer.Argument(help="Step files (safetensors: latents, rewards, step, texts).")
+    ],
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write every step's scalars and alerts.")
+    ] = None,
+    warmup: Annotated[int, typer.Option(help="Warm-up steps (no alert before).")] = 10,
+) -> None:
+    """Run RLHFMonitor over saved step files (in step order) and print the observables and alerts."""
+    from .demo import observables_table
+    from .rlhf import MonitorConfig, RLHFMonitor
+
+    console = _console()
+    from .stepfile import load_step
+
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise typer.BadParameter(f"no such file: {', '.join(missing)}")
+    try:
+        payloads = sorted((load_step(f) for f in files), key=lambda p: p.step)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    steps = [p.step for p in payloads]
+    if len(set(steps)) != len(steps):
+        raise typer.BadParameter("two files carry the same step; pass one file per step")
+    monitor = RLHFMonitor(MonitorConfig(warmup_steps=warmup))
+    reports = []
+    for p in tqdm(payloads, desc="analyzing", unit="step"):
+        reports.append(
+            monitor.observe(
+                p.step, p.latents, rewards=p.rewards, texts=p.texts, lr=p.lr, sample_ids=p.sample_ids
+            )
+        )
+    console.print(observables_table(reports, steps, f"{len(steps)} steps"))
+    for rep in reports:
+        if rep.alert:
+            console.print(
+                f"[bold red]{rep.alert.type}[/] at step {rep.step}: " + "; ".join(rep.alert.reasons)
+            )
+            for s in rep.alert.top_samples:
+                console.print(f"   #{s.index} δ={s.div:.3g} reward={s.reward} {s.text or ''}")
+    if json_out is not None:
+        rows = [
+            {
+                "step": rep.step,
+                "scalars": {k: (v if math.isfinite(v) else None) for k, v in rep.scalars.items()},
+                "alert": rep.alert.to_dict() if rep.alert else None,
+            }
+            for rep in reports
+        ]
+        json_out.write_text(json.dumps({"D0": monitor.D0, "rows": rows}, indent=1))
+        console.print(f"wrote {json_out}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

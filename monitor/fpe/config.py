@@ -1,0 +1,97 @@
+"""Configuration of the Fokker–Planck estimators.
+
+Every default below is chosen from the measured table in ``docs/estimators.md`` (regenerate it with
+``python benchmarks/estimator_table.py``); the doc says why each one was picked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+VelocityMethod = Literal["gaussian", "ot"]
+W2Method = Literal["exact", "sinkhorn"]
+
+
+@dataclass(frozen=True)
+class FPEConfig:
+    """Settings of :func:`monitor.fpe.compute_observables`.
+
+    Attributes:
+        k: number of whitened PCA coordinates the projection keeps (used by callers that fit the
+            projection, e.g. ``RLHFMonitor``; ``compute_observables`` uses the projection it is given).
+        bandwidth_factor: c in the KDE bandwidth h = c · n^(−1/(k+4)) (Scott's rule in whitened units,
+            where the reference batch has unit variance in every coordinate).
+        pool_window: w, how many previous batches the "previous" side pools (the velocity noise falls
+            like 1/√w). Callers keep the window; ``compute_observables`` accepts a list of batches.
+        velocity: ``"gaussian"`` (Bures–Wasserstein map between Gaussian fits: low noise, global motion)
+            or ``"ot"`` (exact OT plan, barycentric projection, kernel smoothing: local structure, noisier).
+        ot_exact_max: above this many samples on either side, the ``ot`` velocity uses log-domain
+            Sinkhorn instead of the network simplex.
+        sinkhorn_reg: entropic regularisation of Sinkhorn, relative to the median of the cost matrix.
+        D0: base diffusion D₀ in whitened units² per step, or ``"auto"``: calibrated once by the caller
+            (``RLHFMonitor`` sets it from the first ``d0_calibration_steps`` so that the median of
+            ‖μ‖/‖D s‖ over them is 1). A stateless call with ``"auto"`` uses D₀ = 1 and reports it in
+            ``Observables.D0``; ``Observables.with_D0`` rescales afterwards.
+        tau_D: diffusion decay time τ_D in steps (``inf``: no decay, the trainer's schedule is in η_t).
+        gamma: Fisher coupling γ of D = D₀ e^(−t/τ_D) (I + γF); clipped below 1/λ_max(F).
+        entropy_weight: λ, weight of the entropy gradient in the model drift μ = −η(∇L̂ + λ∇H).
+        w2_ref_max_samples: W2_ref uses at most this many samples of each side (uniform subsample,
+            deterministic), exact OT (network simplex).
+        w2_ref_method: ``"exact"`` (network simplex) or ``"sinkhorn"`` (debiased Sinkhorn divergence).
+        cov_floor: floor on covariance eigenvalues (whitened units²) in the Gaussian fits, so that a batch
+            of identical answers has a finite map.
+        seed: seed of the deterministic subsampling.
+    """
+
+    k: int = 8
+    bandwidth_factor: float = 1.0
+    pool_window: int = 4
+    velocity: VelocityMethod = "gaussian"
+    ot_exact_max: int = 1024
+    sinkhorn_reg: float = 0.05
+    D0: float | Literal["auto"] = "auto"
+    tau_D: float = float("inf")
+    gamma: float = 0.05
+    entropy_weight: float = 1e-3
+    w2_ref_max_samples: int = 512
+    w2_ref_method: W2Method = "exact"
+    cov_floor: float = 1e-6
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"FPEConfig.k must be >= 1, got {self.k}")
+        if not self.bandwidth_factor > 0:
+            raise ValueError(f"FPEConfig.bandwidth_factor must be > 0, got {self.bandwidth_factor}")
+        if self.pool_window < 1:
+            raise ValueError(f"FPEConfig.pool_window must be >= 1, got {self.pool_window}")
+        if self.velocity not in ("gaussian", "ot"):
+            raise ValueError(f"FPEConfig.velocity must be 'gaussian' or 'ot', got {self.velocity!r}")
+        if self.w2_ref_method not in ("exact", "sinkhorn"):
+            raise ValueError(
+                f"FPEConfig.w2_ref_method must be 'exact' or 'sinkhorn', got {self.w2_ref_method!r}"
+            )
+        if self.D0 != "auto" and not (isinstance(self.D0, int | float) and self.D0 > 0):
+            raise ValueError(f"FPEConfig.D0 must be a positive number or 'auto', got {self.D0!r}")
+        if not self.tau_D > 0:
+            raise ValueError(f"FPEConfig.tau_D must be > 0 (use inf for no decay), got {self.tau_D}")
+        if self.gamma < 0:
+            raise ValueError(f"FPEConfig.gamma must be >= 0, got {self.gamma}")
+        if self.w2_ref_max_samples < 2:
+            raise ValueError(f"FPEConfig.w2_ref_max_samples must be >= 2, got {self.w2_ref_max_samples}")
+        if not self.cov_floor > 0:
+            raise ValueError(f"FPEConfig.cov_floor must be > 0, got {self.cov_floor}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (``tau_D = inf`` is kept as the float ``inf``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FPEConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming the valid ones."""
+        valid = {f.name for f in fields(cls)}
+        unknown = set(data) - valid
+        if unknown:
+            raise ValueError(f"unknown FPEConfig keys {sorted(unknown)}; valid keys are {sorted(valid)}")
+        return cls(**data)

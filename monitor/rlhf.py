@@ -1,0 +1,537 @@
+"""RLHFMonitor: per-step observables, streaming detection and alerts for an RLHF run (DESIGN.md §3.5).
+
+``RLHFMonitor.observe(step, latents, rewards=None, texts=None, lr=None)`` is fed one batch of response
+latents per training step and returns a :class:`StepReport`. It keeps everything needed between steps:
+the run's frozen projection (fitted on the first batch, or on an explicit reference batch), the previous
+``pool_window`` projected batches, the calibrated D₀, the streaming detector's state and the alert
+cool-downs. ``state_dict()`` / ``load_state_dict()`` make a restarted monitor continue exactly.
+
+Alerts (none during the warm-up, while the run's own noise band and D₀ are estimated):
+
+* ``POTENTIAL_REWARD_HACKING`` (needs rewards): the seed's rule C < C_alert and div_max > div_alert, or a
+  phase transition (below) while the batch's mean reward jumps above its own trailing band.
+* ``PHASE_TRANSITION``: the streaming detector flags a reorganisation (div_q99, W2_step, H or C leaves the
+  run's noise band) and mass piles into a region: a group of samples with strongly negative δ.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from .detect import Detection, StreamingConfig, StreamingDetector, robust_location_scale
+from .fpe.config import FPEConfig
+from .fpe.observables import FlowParts, Observables, d0_dependent_scalars, observables_from_projected
+from .fpe.projection import Projection
+from .fpe.validation import check_latents, check_vector
+
+AlertType = Literal["POTENTIAL_REWARD_HACKING", "PHASE_TRANSITION"]
+_STATE_VERSION = 1
+
+RECOMMENDATIONS: dict[str, str] = {
+    "POTENTIAL_REWARD_HACKING": (
+        "Pause or checkpoint the run and review the flagged responses: the policy's answers reorganised "
+        "towards a new region while the reward rose (or the reward stopped pulling the batch anywhere). "
+        "Compare the proxy reward with a held-out or human judgement before continuing."
+    ),
+    "PHASE_TRANSITION": (
+        "Review the flagged responses: the distribution of answers reorganised abruptly and mass is piling "
+        "into a new region. Check whether the new behaviour is intended."
+    ),
+    "none": "Continue training.",
+}
+
+
+@dataclass
+class MonitorConfig:
+    """Settings of :class:`RLHFMonitor` (defaults documented in docs/estimators.md and DESIGN.md §3.5).
+
+    Attributes:
+        fpe: estimator settings; ``fpe.k`` is the projection's dimension (clipped to min(n − 1, d)),
+            ``fpe.pool_window`` the number of previous batches pooled, ``fpe.D0="auto"`` calibrates D₀.
+        warmup_steps: steps before any alert; D₀ (``"auto"``) is calibrated over them, and the detector's
+            noise band starts from them.
+        C_alert: the seed's consolidation threshold (C below it, with div_max above ``div_alert``, raises
+            POTENTIAL_REWARD_HACKING). With D₀ calibrated, C is about 1 at the start of the run.
+        div_alert: the seed's flux-divergence threshold on div_max (nats per step).
+        cluster_factor: a sample is "arriving" when δ_i < −cluster_factor × the run's typical div_q99
+            (median over the trailing window), i.e. far outside the stationary noise of δ.
+        cluster_min_fraction: a cluster needs at least this fraction of the batch (and 3 samples).
+        reward_rise_z: a reward jump is a robust z-score of reward_mean above this, against its trailing
+            window.
+        top_k: how many samples (largest |δ|) an alert carries.
+        cooldown_steps: after an alert, the same alert type is not raised again for this many steps.
+        detector: the streaming detector's settings.
+        max_reference_samples: the reference batch kept for W2_ref/KL_ref is subsampled to this many.
+    """
+
+    fpe: FPEConfig = field(default_factory=FPEConfig)
+    warmup_steps: int = 10
+    C_alert: float = 0.3
+    div_alert: float = 1.0
+    cluster_factor: float = 2.0
+    cluster_min_fraction: float = 0.05
+    reward_rise_z: float = 4.0
+    top_k: int = 8
+    cooldown_steps: int = 10
+    detector: StreamingConfig = field(default_factory=StreamingConfig)
+    max_reference_samples: int = 2048
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 3:
+            raise ValueError(f"MonitorConfig.warmup_steps must be >= 3, got {self.warmup_steps}")
+        if self.top_k < 1:
+            raise ValueError(f"MonitorConfig.top_k must be >= 1, got {self.top_k}")
+        if self.cooldown_steps < 0:
+            raise ValueError(f"MonitorConfig.cooldown_steps must be >= 0, got {self.cooldown_steps}")
+        if not 0 < self.cluster_min_fraction < 1:
+            raise ValueError(
+                f"MonitorConfig.cluster_min_fraction must be in (0, 1), got {self.cluster_min_fraction}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (nested ``fpe`` and ``detector``)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["fpe"] = self.fpe.to_dict()
+        out["detector"] = asdict(self.detector)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MonitorConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming the valid ones."""
+        valid = {f.name for f in fields(cls)}
+        unknown = set(data) - valid
+        if unknown:
+            raise ValueError(f"unknown MonitorConfig keys {sorted(unknown)}; valid keys are {sorted(valid)}")
+        values = dict(data)
+        if isinstance(values.get("fpe"), dict):
+            values["fpe"] = FPEConfig.from_dict(values["fpe"])
+        if isinstance(values.get("detector"), dict):
+            values["detector"] = StreamingConfig(**values["detector"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """One sample of a step, as shown to a reviewer."""
+
+    index: int
+    div: float
+    sample_id: str | None = None
+    text: str | None = None
+    reward: float | None = None
+
+
+@dataclass(frozen=True)
+class Alert:
+    """An alert raised at a step: what fired, on which numbers, and the samples that drove it."""
+
+    type: AlertType
+    step: int
+    scalars: dict[str, float]
+    reasons: tuple[str, ...]
+    top_samples: tuple[SampleRef, ...]
+    recommendation: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What :meth:`RLHFMonitor.observe` returns for one step.
+
+    Attributes:
+        step: the training step.
+        scalars: the observables (see ``monitor.fpe.SCALAR_NAMES``); during the warm-up with
+            ``D0="auto"`` the D₀-dependent ones use D₀ = 1 (``monitor.history`` holds them rescaled).
+        div: (n,) relative flux divergence δ per sample (CPU, float32; NaN at the first step).
+        detection: the streaming detector's verdict (None during the warm-up).
+        alert: the alert raised at this step, or None.
+        top_samples: the ``top_k`` samples by |δ| with their ids, texts and rewards.
+        recommendation: what to do.
+        warming_up: True while no alert can be raised yet.
+        cluster_size: number of samples with strongly negative δ (mass arriving).
+        reward_rise_z: robust z of reward_mean against its trailing window (NaN without rewards).
+    """
+
+    step: int
+    scalars: dict[str, float]
+    div: Tensor
+    detection: Detection | None
+    alert: Alert | None
+    top_samples: tuple[SampleRef, ...]
+    recommendation: str
+    warming_up: bool
+    cluster_size: int = 0
+    reward_rise_z: float = math.nan
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Alert thresholds; :meth:`RLHFMonitor.calibrate` sets them from a known-safe run."""
+
+    C_alert: float
+    div_alert: float
+    z_threshold: float
+    reward_rise_z: float
+
+
+class RLHFMonitor:
+    """Watches an RLHF run one batch of response latents at a time (see the module docstring).
+
+    Example::
+
+        monitor = RLHFMonitor()
+        for step, (latents, rewards, texts) in enumerate(batches):
+            report = monitor.observe(step, latents, rewards=rewards, texts=texts, lr=scheduler_lr)
+            if report.alert:
+                print(report.alert.type, [s.text for s in report.alert.top_samples])
+    """
+
+    def __init__(self, config: MonitorConfig | None = None, reference: Tensor | None = None) -> None:
+        self.config = config or MonitorConfig()
+        self.projection: Projection | None = None
+        self._x_ref: Tensor | None = None
+        self._prev: deque[Tensor] = deque(maxlen=self.config.fpe.pool_window)
+        self.D0: float | None = None if self.config.fpe.D0 == "auto" else float(self.config.fpe.D0)
+        self._calibration: list[tuple[int, FlowParts, dict[str, float]]] = []
+        self.detector = StreamingDetector(self.config.detector)
+        self._div_q99: deque[float] = deque(maxlen=self.config.detector.window)
+        self._reward_mean: deque[float] = deque(maxlen=self.config.detector.window)
+        self._last_alert: dict[str, int] = {}
+        self._last_step: int | None = None
+        self.steps_seen = 0
+        self.history: list[tuple[int, dict[str, float]]] = []
+        self.alerts: list[Alert] = []
+        if reference is not None:
+            self.set_reference(reference)
+
+    # ------------------------------------------------------------------ reference and projection
+    def set_reference(self, z_ref: Tensor) -> None:
+        """Fit the run's frozen projection on reference latents (n×d) and keep them for W2_ref/KL_ref."""
+        if self.projection is not None:
+            raise RuntimeError("the reference is already set: the projection is frozen for the whole run")
+        z = check_latents(z_ref, name="reference latents", min_n=2)
+        k = min(self.config.fpe.k, z.shape[0] - 1, z.shape[1])
+        self.projection = Projection.fit(z, k=k)
+        x_ref = self.projection.transform(z)
+        if x_ref.shape[0] > self.config.max_reference_samples:
+            gen = torch.Generator().manual_seed(self.config.fpe.seed)
+            idx = torch.randperm(x_ref.shape[0], generator=gen)[: self.config.max_reference_samples]
+            x_ref = x_ref[idx.to(x_ref.device)]
+        self._x_ref = x_ref
+
+    @property
+    def warming_up(self) -> bool:
+        return self.steps_seen < self.config.warmup_steps
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(
+            C_alert=self.config.C_alert,
+            div_alert=self.config.div_alert,
+            z_threshold=self.config.detector.z_threshold,
+            reward_rise_z=self.config.reward_rise_z,
+        )
+
+    # ------------------------------------------------------------------ the step
+    def observe(
+        self,
+        step: int,
+        latents: Tensor,
+        rewards: Tensor | Sequence[float] | None = None,
+        texts: Sequence[str] | None = None,
+        lr: float | None = None,
+        sample_ids: Sequence[str] | None = None,
+        dt: float = 1.0,
+    ) -> StepReport:
+        """Process the responses of training step ``step`` (strictly increasing).
+
+        Args:
+            latents: (n, d) embeddings of the step's responses, n ≥ 2.
+            rewards: (n,) rewards of those responses (enables POTENTIAL_REWARD_HACKING).
+            texts: n response texts, carried by alerts for the reviewer.
+            lr: the trainer's learning rate η_t at this step.
+            sample_ids: n identifiers of the responses.
+            dt: time since the previous observed step, in steps (e.g. the probe interval).
+        """
+        if self._last_step is not None and step <= self._last_step:
+            raise ValueError(f"steps must increase: got step {step} after step {self._last_step}")
+        z = check_latents(latents, name="latents", min_n=2)
+        n = z.shape[0]
+        r = check_vector(torch.as_tensor(rewards) if rewards is not None else None, name="rewards", n=n)
+        for name, seq in (("texts", texts), ("sample_ids", sample_ids)):
+            if seq is not None and len(seq) != n:
+                raise ValueError(
+                    f"{name} has {len(seq)} entries for a batch of {n} latents; pass one per sample"
+                )
+        if self.projection is None:
+            self.set_reference(z)
+        assert self.projection is not None and self._x_ref is not None
+        x = self.projection.transform(z, min_n=2)
+
+        obs = observables_from_projected(
+            list(self._prev),
+            x,
+            self.config.fpe,
+            rewards=r,
+            lr=lr,
+            x_ref=self._x_ref,
+            dt=dt,
+            t=float(step),
+            d0=self.D0 if self.D0 is not None else 1.0,
+        )
+        self._prev.append(x.detach())
+        self._last_step = step
+        self.steps_seen += 1
+        scalars = dict(obs.scalars)
+        self.history.append((step, scalars))
+
+        detection: Detection | None = None
+        if self.D0 is None:  # D0="auto": calibrated at the last warm-up step, then the detector catches up
+            self._calibration.append((step, obs.parts, scalars))
+            if self.steps_seen >= self.config.warmup_steps:
+                detection = self._finish_calibration()
+        else:
+            detection = self.detector.update(step, scalars)
+        warming = self.steps_seen <= self.config.warmup_steps
+        alert: Alert | None = None
+        cluster = 0
+        rise = self._reward_rise(scalars)
+        if not warming and detection is not None:
+            cluster = self._cluster_size(obs)
+            alert = self._decide(step, scalars, obs, detection, cluster, rise, r, texts, sample_ids)
+        self._remember(scalars)
+        return StepReport(
+            step=step,
+            scalars=scalars,
+            div=obs.div.detach().to("cpu", torch.float32),
+            detection=detection,
+            alert=alert,
+            top_samples=alert.top_samples if alert else self._top_samples(obs, r, texts, sample_ids),
+            recommendation=RECOMMENDATIONS[alert.type if alert else "none"],
+            warming_up=warming,
+            cluster_size=cluster,
+            reward_rise_z=rise,
+        )
+
+    # ------------------------------------------------------------------ calibration on a safe run
+    def calibrate(self, reports: Sequence[StepReport], false_alarm_rate: float = 0.001) -> Thresholds:
+        """Set the alert thresholds from the reports of a known-safe run at a target false-alarm rate.
+
+        Uses the post-warm-up reports: C_alert = the ``false_alarm_rate`` quantile of C, div_alert,
+        the detector's z threshold and reward_rise_z = the (1 − rate) quantiles of div_max, of each step's
+        largest |robust z| and of the reward jump score. With fewer safe steps than 1/rate the quantiles
+        are the observed extremes. Applies them to this monitor and returns them.
+        """
+        if not 0 < false_alarm_rate < 0.5:
+            raise ValueError(f"false_alarm_rate must be in (0, 0.5), got {false_alarm_rate}")
+        usable = [rep for rep in reports if not rep.warming_up]
+        if len(usable) < 5:
+            raise ValueError(
+                f"calibrate needs at least 5 post-warm-up reports of a safe run, got {len(usable)}; "
+                "observe more steps of the safe run first"
+            )
+
+        def quantile(values: list[float], q: float, default: float) -> float:
+            finite = [v for v in values if math.isfinite(v)]
+            if not finite:
+                return default
+            return float(torch.quantile(torch.tensor(finite, dtype=torch.float64), q))
+
+        hi = 1.0 - false_alarm_rate
+        cfg = self.config
+        c_alert = quantile([rep.scalars["C"] for rep in usable], false_alarm_rate, cfg.C_alert)
+        div_alert = quantile([rep.scalars["div_max"] for rep in usable], hi, cfg.div_alert)
+        z_max = quantile([rep.detection.max_score for rep in usable if rep.detection], hi, math.nan)
+        rise = quantile([rep.reward_rise_z for rep in usable], hi, cfg.reward_rise_z)
+        z_threshold = cfg.detector.z_threshold if not math.isfinite(z_max) else max(z_max, 1.0)
+        self.config = replace(
+            cfg,
+            C_alert=c_alert,
+            div_alert=div_alert,
+            reward_rise_z=max(rise, 1.0),
+            detector=replace(cfg.detector, z_threshold=z_threshold),
+        )
+        self.detector.config.z_threshold = z_threshold
+        return self.thresholds
+
+    # ------------------------------------------------------------------ persistence
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a restarted monitor needs: ``{"meta": JSON-serialisable dict, "tensors": {...}}``.
+
+        The tensors (reference and previous projected batches) suit safetensors; the meta holds the
+        config, projection, D₀, detector state, trailing windows and cool-downs. The step history and
+        the alerts are not part of the state (storage keeps them).
+        """
+        meta = {
+            "version": _STATE_VERSION,
+            "config": self.config.to_dict(),
+            "projection": self.projection.to_dict() if self.projection is not None else None,
+            "D0": self.D0,
+            "calibration": [[step, asdict(parts), scalars] for step, parts, scalars in self._calibration],
+            "detector": self.detector.state_dict(),
+            "div_q99": list(self._div_q99),
+            "reward_mean": list(self._reward_mean),
+            "last_alert": dict(self._last_alert),
+            "last_step": self._last_step,
+            "steps_seen": self.steps_seen,
+            "n_prev": len(self._prev),
+        }
+        tensors: dict[str, Tensor] = {f"prev_{i}": x.detach().cpu() for i, x in enumerate(self._prev)}
+        if self._x_ref is not None:
+            tensors["x_ref"] = self._x_ref.detach().cpu()
+        return {"meta": meta, "tensors": tensors}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> RLHFMonitor:
+        """A monitor that continues exactly where the one that produced ``state`` stopped."""
+        meta, tensors = state["meta"], state["tensors"]
+        if meta.get("version") != _STATE_VERSION:
+            raise ValueError(
+                f"unsupported monitor state version {meta.get('version')!r}; expected {_STATE_VERSION}"
+            )
+        monitor = cls(MonitorConfig.from_dict(meta["config"]))
+        if meta["projection"] is not None:
+            monitor.projection = Projection.from_dict(meta["projection"]).to(device)
+            monitor._x_ref = tensors["x_ref"].to(device)
+        monitor.D0 = meta["D0"]
+        monitor._calibration = [(int(s), FlowParts(**p), dict(sc)) for s, p, sc in meta["calibration"]]
+        monitor.detector.load_state_dict(meta["detector"])
+        monitor._div_q99.extend(meta["div_q99"])
+        monitor._reward_mean.extend(meta["reward_mean"])
+        monitor._last_alert = {str(k): int(v) for k, v in meta["last_alert"].items()}
+        monitor._last_step = meta["last_step"]
+        monitor.steps_seen = int(meta["steps_seen"])
+        for i in range(int(meta["n_prev"])):
+            monitor._prev.append(tensors[f"prev_{i}"].to(device))
+        monitor.history = [(s, sc) for s, _, sc in monitor._calibration]
+        return monitor
+
+    # ------------------------------------------------------------------ internals
+    def _finish_calibration(self) -> Detection | None:
+        """D₀ = median over the warm-up of ‖μ‖/‖B s‖ (μ: model drift, else the velocity v).
+
+        Rescales the warm-up steps' D₀-dependent scalars exactly, feeds them to the detector in order and
+        returns the detector's verdict on the last one.
+        """
+        ratios = []
+        for _, parts, _ in self._calibration:
+            drive = parts.mu_sq if math.isfinite(parts.mu_sq) else parts.v_sq
+            if math.isfinite(drive) and parts.Bs_sq > 0 and parts.decay > 0:
+                ratios.append(math.sqrt(drive / parts.Bs_sq) / parts.decay)
+        positive = sorted(r for r in ratios if r > 0)
+        self.D0 = positive[len(positive) // 2] if positive else 1.0
+        detection: Detection | None = None
+        for step, parts, scalars in self._calibration:
+            scalars.update(d0_dependent_scalars(parts, self.D0))
+            detection = self.detector.update(step, scalars)
+        self._calibration.clear()
+        return detection
+
+    def _remember(self, scalars: dict[str, float]) -> None:
+        for name, store in (("div_q99", self._div_q99), ("reward_mean", self._reward_mean)):
+            value = scalars.get(name, math.nan)
+            if math.isfinite(value):
+                store.append(value)
+
+    def _cluster_size(self, obs: Observables) -> int:
+        """Samples with δ_i < −cluster_factor × typical div_q99 (the run's noise band of δ)."""
+        if not self._div_q99 or not bool(torch.isfinite(obs.div).all()):
+            return 0
+        typical, _ = robust_location_scale(list(self._div_q99))
+        threshold = -self.config.cluster_factor * max(typical, 1e-12)
+        count = int((obs.div < threshold).sum())
+        minimum = max(3, math.ceil(self.config.cluster_min_fraction * obs.div.shape[0]))
+        return count if count >= minimum else 0
+
+    def _reward_rise(self, scalars: dict[str, float]) -> float:
+        value = scalars.get("reward_mean", math.nan)
+        if not math.isfinite(value) or len(self._reward_mean) < 3:
+            return math.nan
+        centre, scale = robust_location_scale(list(self._reward_mean))
+        return (value - centre) / scale
+
+    def _decide(
+        self,
+        step: int,
+        scalars: dict[str, float],
+        obs: Observables,
+        detection: Detection,
+        cluster: int,
+        rise: float,
+        rewards: Tensor | None,
+        texts: Sequence[str] | None,
+        sample_ids: Sequence[str] | None,
+    ) -> Alert | None:
+        cfg = self.config
+        reasons: list[str] = []
+        alert_type: AlertType | None = None
+        transition = detection.flagged and cluster > 0
+        if transition:
+            reasons.append(
+                f"streaming detector flagged {', '.join(detection.triggered)}; {cluster} samples with "
+                "strongly negative flux divergence (mass arriving in a new region)"
+            )
+        if rewards is not None:
+            c_val, div_max = scalars["C"], scalars["div_max"]
+            if (
+                math.isfinite(c_val)
+                and math.isfinite(div_max)
+                and c_val < cfg.C_alert
+                and div_max > cfg.div_alert
+            ):
+                alert_type = "POTENTIAL_REWARD_HACKING"
+                reasons.append(
+                    f"C = {c_val:.3g} < {cfg.C_alert:g} and div_max = {div_max:.3g} > {cfg.div_alert:g}"
+                )
+            if transition and math.isfinite(rise) and rise > cfg.reward_rise_z:
+                alert_type = "POTENTIAL_REWARD_HACKING"
+                reasons.append(f"reward_mean jumped {rise:.1f} robust s.d. above its trailing band")
+        if alert_type is None and transition:
+            alert_type = "PHASE_TRANSITION"
+        if alert_type is None:
+            return None
+        last = self._last_alert.get(alert_type)
+        if last is not None and step - last <= cfg.cooldown_steps:
+            return None
+        self._last_alert[alert_type] = step
+        alert = Alert(
+            type=alert_type,
+            step=step,
+            scalars=dict(scalars),
+            reasons=tuple(reasons),
+            top_samples=self._top_samples(obs, rewards, texts, sample_ids),
+            recommendation=RECOMMENDATIONS[alert_type],
+        )
+        self.alerts.append(alert)
+        return alert
+
+    def _top_samples(
+        self,
+        obs: Observables,
+        rewards: Tensor | None,
+        texts: Sequence[str] | None,
+        sample_ids: Sequence[str] | None,
+    ) -> tuple[SampleRef, ...]:
+        div = obs.div.detach().to("cpu", torch.float64)
+        if not bool(torch.isfinite(div).all()):
+            return ()
+        order = torch.argsort(div.abs(), descending=True)[: self.config.top_k].tolist()
+        return tuple(
+            SampleRef(
+                index=i,
+                div=float(div[i]),
+                sample_id=str(sample_ids[i]) if sample_ids is not None else None,
+                text=texts[i] if texts is not None else None,
+                reward=float(rewards[i]) if rewards is not None else None,
+            )
+            for i in order
+        )

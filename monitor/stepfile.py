@@ -1,0 +1,132 @@
+"""One training step as a safetensors file: the sidecar's wire format, also used by ``fpmon analyze``.
+
+Tensors: ``latents`` (n×d, float32/float16/bfloat16) and optional ``rewards`` (n, float32). Metadata
+(safetensors' string→string header): ``step`` (integer as text) and optional ``lr`` (float as text),
+``sample_ids``, ``texts``, ``prompts`` (JSON lists of length n).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor
+
+_LATENT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class StepPayload:
+    """The content of one step file."""
+
+    step: int
+    latents: Tensor
+    rewards: Tensor | None = None
+    lr: float | None = None
+    sample_ids: list[str] | None = None
+    texts: list[str] | None = None
+    prompts: list[str] | None = None
+
+
+def encode_step(payload: StepPayload) -> bytes:
+    """Serialise a step to safetensors bytes (validated: shapes, dtypes, list lengths)."""
+    _check(payload)
+    tensors = {"latents": payload.latents.detach().cpu().contiguous()}
+    if payload.rewards is not None:
+        tensors["rewards"] = payload.rewards.detach().to("cpu", torch.float32).contiguous()
+    meta = {"step": str(int(payload.step))}
+    if payload.lr is not None:
+        meta["lr"] = repr(float(payload.lr))
+    for name in ("sample_ids", "texts", "prompts"):
+        value = getattr(payload, name)
+        if value is not None:
+            meta[name] = json.dumps(list(value))
+    return st_save(tensors, metadata=meta)
+
+
+def decode_step(data: bytes) -> StepPayload:
+    """Parse safetensors bytes into a :class:`StepPayload`; ``ValueError`` says what is wrong."""
+    try:
+        tensors = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+    except (SafetensorError, ValueError, json.JSONDecodeError, IndexError) as exc:
+        raise ValueError(f"not a safetensors step payload ({exc}); send a safetensors file") from exc
+    meta: dict[str, str] = header.get("__metadata__") or {}
+    if "latents" not in tensors:
+        raise ValueError("the payload has no tensor named 'latents' (n×d)")
+    if "step" not in meta:
+        raise ValueError("the payload's metadata has no 'step' (an integer as text)")
+    try:
+        step = int(meta["step"])
+    except ValueError as exc:
+        raise ValueError(f"metadata 'step' must be an integer, got {meta['step']!r}") from exc
+    lr = None
+    if "lr" in meta:
+        try:
+            lr = float(meta["lr"])
+        except ValueError as exc:
+            raise ValueError(f"metadata 'lr' must be a number, got {meta['lr']!r}") from exc
+    lists: dict[str, list[str] | None] = {}
+    for name in ("sample_ids", "texts", "prompts"):
+        if name in meta:
+            try:
+                value = json.loads(meta[name])
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"metadata '{name}' must be a JSON list of strings") from exc
+            if not isinstance(value, list):
+                raise ValueError(f"metadata '{name}' must be a JSON list of strings")
+            lists[name] = [str(v) for v in value]
+        else:
+            lists[name] = None
+    payload = StepPayload(
+        step=step,
+        latents=tensors["latents"],
+        rewards=tensors.get("rewards"),
+        lr=lr,
+        sample_ids=lists["sample_ids"],
+        texts=lists["texts"],
+        prompts=lists["prompts"],
+    )
+    _check(payload)
+    return payload
+
+
+def _check(p: StepPayload) -> None:
+    if p.latents.ndim != 2:
+        raise ValueError(f"'latents' must be 2-D (n×d), got shape {tuple(p.latents.shape)}")
+    if p.latents.dtype not in _LATENT_DTYPES:
+        raise ValueError(f"'latents' must be float32, float16 or bfloat16, got {p.latents.dtype}")
+    n = p.latents.shape[0]
+    if p.rewards is not None and tuple(p.rewards.shape) != (n,):
+        raise ValueError(
+            f"'rewards' must have shape ({n},) to match the latents, got {tuple(p.rewards.shape)}"
+        )
+    if p.lr is not None and not (math.isfinite(p.lr) and p.lr > 0):
+        raise ValueError(f"'lr' must be a positive finite number, got {p.lr}")
+    for name in ("sample_ids", "texts", "prompts"):
+        value: Sequence[str] | None = getattr(p, name)
+        if value is not None and len(value) != n:
+            raise ValueError(
+                f"metadata '{name}' has {len(value)} entries for {n} latents; pass one per sample"
+            )
+
+
+def save_step(path: str | Path, payload: StepPayload) -> None:
+    """Write a step file."""
+    Path(path).write_bytes(encode_step(payload))
+
+
+def load_step(path: str | Path) -> StepPayload:
+    """Read a step file; errors name the file."""
+    try:
+        return decode_step(Path(path).read_bytes())
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc

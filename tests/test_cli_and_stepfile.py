@@ -1,0 +1,111 @@
+"""The ``fpmon`` command and the step-file format, run as a user would."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from monitor.cli import app
+from monitor.demo import run_demo
+from monitor.stepfile import StepPayload, decode_step, encode_step, load_step, save_step
+
+runner = CliRunner()
+
+
+def test_step_payload_round_trip_all_dtypes() -> None:
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        payload = StepPayload(
+            step=7,
+            latents=torch.randn(4, 3).to(dtype),
+            rewards=torch.tensor([1.0, 0.0, 0.5, -1.0]),
+            lr=1e-6,
+            sample_ids=["a", "b", "c", "d"],
+            texts=["x", "y", "z", "w"],
+            prompts=["p"] * 4,
+        )
+        back = decode_step(encode_step(payload))
+        assert back.step == 7 and back.lr == 1e-6 and back.texts == payload.texts
+        assert back.latents.dtype == dtype
+        torch.testing.assert_close(back.latents, payload.latents)
+        torch.testing.assert_close(back.rewards, payload.rewards)
+
+
+def test_step_payload_errors_say_what_to_fix() -> None:
+    with pytest.raises(ValueError, match="not a safetensors step payload"):
+        decode_step(b"definitely not safetensors")
+    good = encode_step(StepPayload(step=1, latents=torch.randn(4, 3)))
+    with pytest.raises(ValueError, match="not a safetensors step payload"):
+        decode_step(good[: len(good) // 2])
+    with pytest.raises(ValueError, match="'texts' has 2 entries for 4 latents"):
+        encode_step(StepPayload(step=1, latents=torch.randn(4, 3), texts=["a", "b"]))
+    with pytest.raises(ValueError, match=r"'rewards' must have shape \(4,\)"):
+        encode_step(StepPayload(step=1, latents=torch.randn(4, 3), rewards=torch.zeros(5)))
+    with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
+        encode_step(StepPayload(step=1, latents=torch.zeros(4, 3, dtype=torch.int64)))
+
+
+def test_demo_detects_the_known_transition_without_false_alarms() -> None:
+    """A shortened `make demo`: the alert comes within 3 steps of the transition, none before it."""
+    result = run_demo(n=128, latent_dim=64, n_steps=36, transition_step=25, progress=False)
+    assert result.delay is not None and 0 <= result.delay <= 3
+    assert result.false_alarms == 0
+    first = next(rep.alert for rep in result.reports if rep.alert)
+    assert first.type == "POTENTIAL_REWARD_HACKING"
+    assert all(s.div < 0 for s in first.top_samples)  # mass arriving in the new minimum
+
+
+def test_fpmon_demo_command_prints_table_and_alert() -> None:
+    result = runner.invoke(
+        app, ["demo", "--steps", "30", "--transition", "20", "--n", "96", "--latent-dim", "32"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Observables per step" in result.output
+    assert "POTENTIAL_REWARD_HACKING at step 2" in result.output
+    assert "Known transition at step 20" in result.output
+    bad = runner.invoke(app, ["demo", "--steps", "10", "--transition", "20"])
+    assert bad.exit_code != 0 and "--transition must be between" in bad.output
+
+
+def test_fpmon_analyze_over_saved_step_files(tmp_path: Path) -> None:
+    gen = torch.Generator().manual_seed(0)
+    basis = torch.randn(4, 24, generator=gen)
+    for step in range(30):
+        z = torch.randn(96, 4, generator=gen) @ basis + 0.1 * torch.randn(96, 24, generator=gen)
+        r = 0.1 * torch.randn(96, generator=gen)
+        if step >= 20:
+            z[:30] = 4 * basis[0] + 0.02 * torch.randn(30, 24, generator=gen)
+            r[:30] += 1
+        texts = [f"s{step}-{i}" for i in range(96)]
+        save_step(
+            tmp_path / f"step_{step:03d}.safetensors",
+            StepPayload(step=step, latents=z, rewards=r, texts=texts),
+        )
+    files = sorted(str(p) for p in tmp_path.glob("*.safetensors"))
+    out = tmp_path / "report.json"
+    result = runner.invoke(
+        app, ["analyze", *reversed(files), "--json", str(out)]
+    )  # any order: sorted by step
+    assert result.exit_code == 0, result.output
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["step"] for row in rows] == list(range(30))
+    alerted = [row["step"] for row in rows if row["alert"]]
+    assert alerted and 20 <= alerted[0] <= 23
+    assert load_step(files[0]).texts == [f"s0-{i}" for i in range(96)]
+    (tmp_path / "broken.safetensors").write_bytes(b"garbage")
+    bad = runner.invoke(app, ["analyze", str(tmp_path / "broken.safetensors")])
+    assert bad.exit_code != 0 and "not a safetensors step payload" in bad.output
+
+
+def test_console_script_is_installed() -> None:
+    """`fpmon --help` works through the installed entry point (python -m monitor.cli as fallback)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "monitor.cli", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0
+    assert "demo" in proc.stdout and "analyze" in proc.stdout

@@ -1,0 +1,153 @@
+"""RLHFMonitor on sequences of Gaussian batches with and without a reward exploit appearing."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from monitor import MonitorConfig, RLHFMonitor, StepReport
+
+N, D, STEPS, ONSET = 256, 32, 40, 25
+CLUSTER = int(0.3 * N)
+
+
+def batches(
+    seed: int, onset: int | None, steps: int = STEPS
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Latents with an 8-dim structure plus noise; from ``onset`` on, 30 % sit in a tight new cluster
+    (indices 0..CLUSTER-1) that earns a reward of +1 (the exploit)."""
+    gen = torch.Generator().manual_seed(seed)
+    basis = torch.randn(8, D, generator=torch.Generator().manual_seed(1234))
+    centre = 3.0 * basis[0]
+    for step in range(steps):
+        z = torch.randn(N, 8, generator=gen) @ basis + 0.3 * torch.randn(N, D, generator=gen)
+        r = 0.1 * torch.randn(N, generator=gen)
+        if onset is not None and step >= onset:
+            z[:CLUSTER] = centre + 0.05 * torch.randn(CLUSTER, D, generator=gen)
+            r[:CLUSTER] += 1.0
+        yield step, z, r
+
+
+def run(
+    seed: int, onset: int | None, rewards: bool = True, monitor: RLHFMonitor | None = None
+) -> list[StepReport]:
+    mon = monitor or RLHFMonitor()
+    texts = [f"answer {i}" for i in range(N)]
+    return [
+        mon.observe(
+            step, z, rewards=r if rewards else None, texts=texts, sample_ids=[f"id{i}" for i in range(N)]
+        )
+        for step, z, r in batches(seed, onset)
+    ]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_exploit_cluster_raises_reward_hacking_alert_within_3_steps(seed: int) -> None:
+    reports = run(seed, ONSET)
+    alerts = [rep.alert for rep in reports if rep.alert]
+    assert alerts, "no alert raised"
+    first = alerts[0]
+    assert first.type == "POTENTIAL_REWARD_HACKING"
+    assert ONSET <= first.step <= ONSET + 3
+    in_cluster = [s.index < CLUSTER for s in first.top_samples]
+    assert len(in_cluster) == 8 and sum(in_cluster) >= 6  # mostly the exploit's samples
+    top = first.top_samples[0]
+    assert top.div < 0 and top.reward is not None and top.reward > 0.5
+    assert top.text == f"answer {top.index}" and top.sample_id == f"id{top.index}"
+    assert "Pause" in first.recommendation
+    assert all(a.step >= ONSET for a in alerts)  # nothing before the onset
+
+
+@pytest.mark.parametrize("seed", [2, 3])
+def test_control_sequence_raises_no_alert(seed: int) -> None:
+    reports = run(seed, onset=None)
+    assert [rep.step for rep in reports if rep.alert] == []
+    assert all(math.isfinite(rep.scalars["C"]) for rep in reports[1:])
+
+
+def test_without_rewards_the_cluster_is_a_phase_transition() -> None:
+    reports = run(4, ONSET, rewards=False)
+    alerts = [rep.alert for rep in reports if rep.alert]
+    assert alerts and alerts[0].type == "PHASE_TRANSITION"
+    assert ONSET <= alerts[0].step <= ONSET + 3
+    assert sum(s.index < CLUSTER for s in alerts[0].top_samples) >= 6
+
+
+def test_warmup_calibrates_D0_so_the_median_C_is_one() -> None:
+    mon = RLHFMonitor(MonitorConfig(warmup_steps=10))
+    reports = run(5, onset=None, monitor=mon)
+    assert all(rep.alert is None and rep.warming_up for rep in reports[:10])
+    assert not reports[10].warming_up
+    assert mon.D0 is not None and mon.D0 > 0
+    warmup_c = sorted(sc["C"] for _, sc in mon.history[:10] if math.isfinite(sc["C"]))
+    assert warmup_c[len(warmup_c) // 2] == pytest.approx(1.0, rel=1e-9)
+
+
+def test_state_round_trip_continues_identically() -> None:
+    """A monitor restored from state_dict (through JSON) gives exactly the same reports afterwards."""
+    original = RLHFMonitor()
+    stream = list(batches(6, ONSET))
+    for step, z, r in stream[:15]:
+        original.observe(step, z, rewards=r)
+    state = original.state_dict()
+    meta = json.loads(json.dumps(state["meta"]))
+    restored = RLHFMonitor.from_state_dict({"meta": meta, "tensors": state["tensors"]})
+    for step, z, r in stream[15:]:
+        a = original.observe(step, z, rewards=r)
+        b = restored.observe(step, z, rewards=r)
+        assert a.scalars == pytest.approx(b.scalars, nan_ok=True)
+        assert (a.alert is None) == (b.alert is None)
+        torch.testing.assert_close(a.div, b.div, equal_nan=True)
+
+
+def test_calibrate_on_a_safe_run_sets_thresholds() -> None:
+    safe = RLHFMonitor()
+    reports = run(7, onset=None, monitor=safe)
+    thresholds = safe.calibrate(reports, false_alarm_rate=0.01)
+    post = [rep for rep in reports if not rep.warming_up]
+    assert thresholds.C_alert <= min(rep.scalars["C"] for rep in post) + 0.05
+    assert thresholds.div_alert >= 0.9 * max(rep.scalars["div_max"] for rep in post)
+    assert safe.config.C_alert == thresholds.C_alert
+    # a calibrated monitor still catches the exploit and stays silent on another safe run
+    hacked = RLHFMonitor(safe.config)
+    assert any(rep.alert for rep in run(8, ONSET, monitor=hacked))
+    quiet = RLHFMonitor(safe.config)
+    assert not any(rep.alert for rep in run(9, None, monitor=quiet))
+    with pytest.raises(ValueError, match="at least 5 post-warm-up reports"):
+        safe.calibrate(reports[:8])
+
+
+def test_identical_answers_after_warmup_are_finite_and_flagged() -> None:
+    """The hacked policy answers the same thing 256 times: finite observables, an alert."""
+    mon = RLHFMonitor()
+    stream = list(batches(10, None, steps=20))
+    for step, z, r in stream:
+        mon.observe(step, z, rewards=r)
+    same = stream[0][1][0].expand(N, D).clone()
+    rep = mon.observe(20, same, rewards=torch.ones(N))
+    finite = {k: v for k, v in rep.scalars.items() if math.isfinite(v)}
+    assert set(finite) == set(rep.scalars), rep.scalars
+    assert rep.alert is not None and rep.alert.type == "POTENTIAL_REWARD_HACKING"
+
+
+def test_bad_input_is_rejected_and_changes_nothing() -> None:
+    mon = RLHFMonitor()
+    z = torch.randn(16, 8)
+    mon.observe(0, z)
+    with pytest.raises(ValueError, match="steps must increase"):
+        mon.observe(0, z)
+    with pytest.raises(ValueError, match="texts has 3 entries for a batch of 16"):
+        mon.observe(1, z, texts=["a", "b", "c"])
+    bad = z.clone()
+    bad[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        mon.observe(1, bad)
+    with pytest.raises(ValueError, match="latent dimension 9, expected 8"):
+        mon.observe(1, torch.randn(16, 9))
+    assert mon.steps_seen == 1 and len(mon.history) == 1
+    mon.observe(1, torch.randn(16, 8))  # still usable
+    assert mon.steps_seen == 2
