@@ -513,10 +513,23 @@ QUICK = Plan(
 )
 
 
-def build_tables(plan: Plan, seed: int, log: Callable[[str], None], quick: bool = False) -> str:
+def build_tables(
+    plan: Plan,
+    seed: int,
+    log: Callable[[str], None],
+    quick: bool = False,
+    bandwidth_factor: float | None = None,
+    pool_window: int | None = None,
+) -> str:
+    """The markdown tables; the base setting is FPEConfig's defaults unless given."""
     runner = Runner(seed, plan.reps, plan.ot_sinkhorn_reps, log)
     default = FPEConfig()
-    base = Case(n=0, k=0, bandwidth_factor=default.bandwidth_factor, pool_window=default.pool_window)
+    base = Case(
+        n=0,
+        k=0,
+        bandwidth_factor=default.bandwidth_factor if bandwidth_factor is None else bandwidth_factor,
+        pool_window=default.pool_window if pool_window is None else pool_window,
+    )
     cpu0, wall0 = time.process_time(), time.perf_counter()
     parts: list[str] = []
     grid = [(n, k) for n in plan.ns for k in plan.ks]
@@ -642,6 +655,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reps", type=int, default=None, help="repetitions per cell (default 3; quick: 1)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument(
+        "--bandwidth-factor", type=float, default=None, help="base bandwidth factor (default: FPEConfig's)"
+    )
+    parser.add_argument(
+        "--pool-window", type=int, default=None, help="base pool window (default: FPEConfig's)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     plan = QUICK if args.quick else FULL
@@ -651,7 +670,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    tables = build_tables(plan, args.seed, log, quick=args.quick)
+    tables = build_tables(
+        plan,
+        args.seed,
+        log,
+        quick=args.quick,
+        bandwidth_factor=args.bandwidth_factor,
+        pool_window=args.pool_window,
+    )
     print(tables)
     if args.write:
         write_doc(tables)

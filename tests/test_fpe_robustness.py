@@ -158,7 +158,8 @@ def test_projection_subspace_iteration_beyond_exact_size() -> None:
     z = structured_latents(1100, 1100, 1.0, seed=15).double()
     fast = Projection.fit(z, k=8)
     x = fast.transform(z)
-    torch.testing.assert_close(torch.cov(x.T, correction=0), torch.eye(8, dtype=torch.float64), atol=1e-8, rtol=0)
+    eye = torch.eye(8, dtype=torch.float64)
+    torch.testing.assert_close(torch.cov(x.T, correction=0), eye, atol=1e-8, rtol=0)
     exact_limit = projection_module._EXACT_EIGH_MAX
     try:
         projection_module._EXACT_EIGH_MAX = 10_000

@@ -21,11 +21,18 @@ class FPEConfig:
         k: number of whitened PCA coordinates the projection keeps (used by callers that fit the
             projection, e.g. ``RLHFMonitor``; ``compute_observables`` uses the projection it is given).
         bandwidth_factor: c in the KDE bandwidth h = c · n^(−1/(k+4)) (Scott's rule in whitened units,
-            where the reference batch has unit variance in every coordinate).
-        pool_window: w, how many previous batches the "previous" side pools (the velocity noise falls
-            like 1/√w). Callers keep the window; ``compute_observables`` accepts a list of batches.
+            where the reference batch has unit variance in every coordinate). 1.5, not Scott's 1: scores
+            and log-density ratios at the samples need more smoothing than the density itself (at n = 1024,
+            k = 8: corr(δ, truth) 0.33 → 0.55, δ's noise floor 1.13 → 0.29, no stationary offset of δ).
+        pool_window: w, how many previous batches the "previous" side pools. The stationary noise floor
+            of the velocity falls like √((1 + 1/w)/2) · 2/(w + 1) (0.17 of w = 1 at w = 8); the price is
+            lag: the flow observables describe the interval from the window's centre, Δt_eff = (w + 1)/2
+            steps back, to the current step. Callers keep the window; ``compute_observables`` accepts a
+            list of batches.
         velocity: ``"gaussian"`` (Bures–Wasserstein map between Gaussian fits: low noise, global motion)
-            or ``"ot"`` (exact OT plan, barycentric projection, kernel smoothing: local structure, noisier).
+            or ``"ot"`` (exact OT plan, barycentric projection, kernel smoothing: local structure, but at
+            k ≥ 4 its matching noise exceeds the flow and biases Ṡ negative, and beyond ``ot_exact_max``
+            its Sinkhorn costs seconds per step; use it at k ≤ 2 or for small batches only).
         ot_exact_max: above this many samples on either side, the ``ot`` velocity uses log-domain
             Sinkhorn instead of the network simplex.
         sinkhorn_reg: entropic regularisation of Sinkhorn, relative to the median of the cost matrix.
@@ -45,8 +52,8 @@ class FPEConfig:
     """
 
     k: int = 8
-    bandwidth_factor: float = 1.0
-    pool_window: int = 4
+    bandwidth_factor: float = 1.5
+    pool_window: int = 8
     velocity: VelocityMethod = "gaussian"
     ot_exact_max: int = 1024
     sinkhorn_reg: float = 0.05

@@ -122,7 +122,9 @@ class Observables:
         parts: D₀-free statistics; :meth:`with_D0` rescales the D₀-dependent scalars exactly.
         D0: the base diffusion used.
         h: KDE bandwidth (whitened units).
-        dt_eff: time between the pooled previous window's centre and the current step.
+        dt_eff: time between the pooled previous window's centre and the current step, (w + 1)/2 · dt:
+            the flow observables (v, δ, Ṡ, σ_tot, W2_step) describe that interval, so they lag the
+            current step by about Δt_eff/2.
     """
 
     scalars: dict[str, float]
