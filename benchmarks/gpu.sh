@@ -17,7 +17,7 @@ pip_in --no-deps --no-build-isolation -e . 2>/dev/null || pip_in --no-deps -e . 
     || export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # only the missing pure dependencies; into a --target dir if the environment refuses installs
 missing=()
-for spec in numpy:numpy scipy:scipy ot:POT rich:rich; do
+for spec in numpy:numpy scipy:scipy ot:POT rich:rich tqdm:tqdm; do
     "$PY" -c "import ${spec%%:*}" 2>/dev/null || missing+=("${spec#*:}")
 done
 if ((${#missing[@]})); then
