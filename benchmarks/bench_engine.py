@@ -144,8 +144,20 @@ def to_device(inp: Inputs, device: str) -> Inputs:
 # ---------------------------------------------------------------------------------- the two pipelines
 
 
+#: environment variable carrying ``--w2-ref-method`` to the memory-measuring child processes
+W2_REF_ENV = "FPMON_BENCH_W2_REF_METHOD"
+
+
+def bench_config() -> FPEConfig:
+    """The default FPEConfig, with ``w2_ref_method`` from ``--w2-ref-method`` when given."""
+    method = os.environ.get(W2_REF_ENV)
+    return FPEConfig(w2_ref_method=method) if method else FPEConfig()  # type: ignore[arg-type]
+
+
 def fpmon_call(inp: Inputs, proj: Projection) -> dict[str, float]:
-    obs = compute_observables(inp.z_prev, inp.z_cur, projection=proj, rewards=inp.rewards, z_ref=inp.z_ref)
+    obs = compute_observables(
+        inp.z_prev, inp.z_cur, projection=proj, config=bench_config(), rewards=inp.rewards, z_ref=inp.z_ref
+    )
     return {"W2_step": obs.scalars["W2_step"], "W2_ref": obs.scalars["W2_ref"]}
 
 
@@ -259,7 +271,7 @@ def _malloc_trim() -> None:
 
 def child_peak(n: int, d: int, which: str, baseline_prev: str) -> dict[str, Any]:
     """In a fresh process: peak resident memory increase (bytes) of one fpmon or baseline call."""
-    cfg = FPEConfig()
+    cfg = bench_config()
     pooled = baseline_prev == "pooled"
 
     def run(inp: Inputs) -> Callable[[], Any]:
@@ -322,7 +334,7 @@ def cuda_peak_mib(fn: Callable[[], Any]) -> float:
 
 def time_size(n: int, d: int, args: argparse.Namespace) -> dict[str, Any]:
     """Timings of both pipelines at (n, d) in this process (and fpmon's GPU peak on CUDA)."""
-    cfg = FPEConfig()
+    cfg = bench_config()
     cuda = args.device == "cuda"
     inp_cpu = make_inputs(n, d, cfg.pool_window)
     inp = to_device(inp_cpu, args.device)
@@ -448,7 +460,7 @@ def environment(device: str) -> dict[str, Any]:
         "loadavg_start": _loadavg(),
         "fpe_config": {
             k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in FPEConfig().to_dict().items()
+            for k, v in bench_config().to_dict().items()
         },
     }
 
@@ -498,7 +510,7 @@ def print_table(rows: list[dict[str, Any]], env: dict[str, Any], console: Consol
     cfg = env["fpe_config"]
     console.print(
         f"FPEConfig: k={cfg['k']}, pool_window={cfg['pool_window']}, velocity={cfg['velocity']}, "
-        f"w2_ref_max_samples={cfg['w2_ref_max_samples']}"
+        f"w2_ref_method={cfg['w2_ref_method']}, w2_ref_max_samples={cfg['w2_ref_max_samples']}"
         f" | baseline previous side: {rows[0]['baseline_prev'] if rows else '?'} | warm-up+repeats: {reps}"
     )
     start, end = env.get("loadavg_start"), env.get("loadavg_end")
@@ -547,6 +559,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", type=Path, default=None, help="write the rows (and environment) here")
     p.add_argument("--baseline-prev", choices=("pooled", "last"), default="pooled")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument(
+        "--w2-ref-method",
+        choices=("exact", "sinkhorn", "gaussian"),
+        default=None,
+        help="FPEConfig.w2_ref_method for fpmon (default: FPEConfig's)",
+    )
     # internal: one peak-memory measurement in a fresh process
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -565,6 +583,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.w2_ref_method is not None:
+        os.environ[W2_REF_ENV] = args.w2_ref_method  # inherited by the --child processes
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     if args.child:

@@ -26,7 +26,10 @@ if ((${#missing[@]})); then
         && export PYTHONPATH="$deps${PYTHONPATH:+:$PYTHONPATH}"; }
 fi
 
-timeout 540 "$PY" benchmarks/bench_engine.py --device cuda --json "$OUT_DIR/bench_gpu.json" "$@" \
+timeout 400 "$PY" benchmarks/bench_engine.py --device cuda --json "$OUT_DIR/bench_gpu.json" "$@" \
     | tee "$OUT_DIR/bench_gpu.txt"
+# the same step with W2_ref from the Gaussian fits (closed form on the device, no CPU transport solver)
+timeout 150 "$PY" benchmarks/bench_engine.py --device cuda --sizes 2048x1024 --budget-s 10 \
+    --w2-ref-method gaussian --json "$OUT_DIR/bench_gpu_w2gauss.json" | tee "$OUT_DIR/bench_gpu_w2gauss.txt"
 "$PY" -c 'import torch; print("torch after the run:", torch.__version__)'
 echo "rows: $OUT_DIR/bench_gpu.json"

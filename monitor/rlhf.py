@@ -29,7 +29,7 @@ from .detect import Detection, StreamingConfig, StreamingDetector, robust_locati
 from .fpe.config import FPEConfig
 from .fpe.observables import FlowParts, Observables, d0_dependent_scalars, observables_from_projected
 from .fpe.projection import Projection
-from .fpe.validation import check_latents, check_vector
+from .fpe.validation import check_latents, check_lr, check_vector
 
 AlertType = Literal["POTENTIAL_REWARD_HACKING", "PHASE_TRANSITION"]
 _STATE_VERSION = 1
@@ -267,6 +267,9 @@ class RLHFMonitor:
         z = check_latents(latents, name="latents", min_n=2)
         n = z.shape[0]
         r = check_vector(torch.as_tensor(rewards) if rewards is not None else None, name="rewards", n=n)
+        lr = check_lr(lr)
+        if not (math.isfinite(dt) and dt > 0):
+            raise ValueError(f"dt must be a positive finite number of steps, got {dt}")
         for name, seq in (("texts", texts), ("sample_ids", sample_ids)):
             if seq is not None and len(seq) != n:
                 raise ValueError(

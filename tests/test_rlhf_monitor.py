@@ -148,6 +148,10 @@ def test_bad_input_is_rejected_and_changes_nothing() -> None:
         mon.observe(1, bad)
     with pytest.raises(ValueError, match="latent dimension 9, expected 8"):
         mon.observe(1, torch.randn(16, 9))
+    with pytest.raises(ValueError, match="lr must be a positive finite number"):
+        mon.observe(1, z, lr=-1e-6)
+    with pytest.raises(ValueError, match=r"rewards must have shape \(16,\)"):
+        mon.observe(1, z, rewards=[1.0, 2.0])
     assert mon.steps_seen == 1 and len(mon.history) == 1
     mon.observe(1, torch.randn(16, 8))  # still usable
     assert mon.steps_seen == 2

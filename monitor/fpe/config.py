@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 VelocityMethod = Literal["gaussian", "ot"]
-W2Method = Literal["exact", "sinkhorn"]
+W2Method = Literal["exact", "sinkhorn", "gaussian"]
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,10 @@ class FPEConfig:
         entropy_weight: λ, weight of the entropy gradient in the model drift μ = −η(∇L̂ + λ∇H).
         w2_ref_max_samples: W2_ref uses at most this many samples of each side (uniform subsample,
             deterministic), exact OT (network simplex).
-        w2_ref_method: ``"exact"`` (network simplex) or ``"sinkhorn"`` (debiased Sinkhorn divergence).
+        w2_ref_method: ``"exact"`` (network simplex on the CPU, ≈ 25 ms at 512 samples per side),
+            ``"sinkhorn"`` (debiased Sinkhorn divergence, on the inputs' device) or ``"gaussian"`` (the
+            Bures–Wasserstein distance between the two Gaussian fits: closed form, microseconds on a GPU,
+            blind to structure beyond the first two moments).
         cov_floor: floor on covariance eigenvalues (whitened units²) in the Gaussian fits, so that a batch
             of identical answers has a finite map.
         seed: seed of the deterministic subsampling.
@@ -75,9 +78,10 @@ class FPEConfig:
             raise ValueError(f"FPEConfig.pool_window must be >= 1, got {self.pool_window}")
         if self.velocity not in ("gaussian", "ot"):
             raise ValueError(f"FPEConfig.velocity must be 'gaussian' or 'ot', got {self.velocity!r}")
-        if self.w2_ref_method not in ("exact", "sinkhorn"):
+        if self.w2_ref_method not in ("exact", "sinkhorn", "gaussian"):
             raise ValueError(
-                f"FPEConfig.w2_ref_method must be 'exact' or 'sinkhorn', got {self.w2_ref_method!r}"
+                "FPEConfig.w2_ref_method must be 'exact', 'sinkhorn' or 'gaussian', "
+                f"got {self.w2_ref_method!r}"
             )
         if self.D0 != "auto" and not (isinstance(self.D0, int | float) and self.D0 > 0):
             raise ValueError(f"FPEConfig.D0 must be a positive number or 'auto', got {self.D0!r}")

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from .config import FPEConfig
+from .gaussian import bures_w2, gaussian_fit
 from .kernels import (
     kde_log_density,
     kernel_field_divergence,
@@ -31,7 +32,7 @@ from .kernels import (
     scott_bandwidth,
 )
 from .projection import Projection
-from .validation import check_vector
+from .validation import check_lr, check_vector
 from .velocity import gaussian_velocity, ot_velocity
 from .wasserstein import w2_exact, w2_sinkhorn_debiased
 
@@ -191,8 +192,7 @@ def compute_observables(
     x_ref = proj.transform(z_ref, name="z_ref", min_n=2) if z_ref is not None else None
     r = check_vector(torch.as_tensor(rewards) if rewards is not None else None, name="rewards", n=x.shape[0])
     d0 = float(D0) if D0 is not None else (1.0 if cfg.D0 == "auto" else float(cfg.D0))
-    if lr is not None and not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive finite number, got {lr}")
+    lr = check_lr(lr)
     return observables_from_projected(x_prev, x, cfg, rewards=r, lr=lr, x_ref=x_ref, dt=dt, t=t, d0=d0)
 
 
@@ -293,6 +293,8 @@ def observables_from_projected(
         kl_ref = float((log_rho - kde_log_density(x, xr, h)).mean())
         if cfg.w2_ref_method == "exact":
             w2_ref = w2_exact(x, xr, cfg.w2_ref_max_samples, cfg.seed)
+        elif cfg.w2_ref_method == "gaussian":
+            w2_ref = bures_w2(gaussian_fit(x), gaussian_fit(xr))
         else:
             w2_ref = w2_sinkhorn_debiased(x, xr, cfg.sinkhorn_reg, cfg.w2_ref_max_samples, cfg.seed)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -32,6 +34,16 @@ def check_latents(z: Tensor, *, name: str = "latents", dim: int | None = None, m
         bad = int((~torch.isfinite(z)).any(dim=1).sum())
         raise ValueError(f"{name} contains NaN or Inf in {bad} of {n} rows; drop or fix those samples")
     return z
+
+
+def check_lr(lr: float | None) -> float | None:
+    """Validate an optional learning rate η_t: a positive finite number."""
+    if lr is None:
+        return None
+    value = float(lr)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr}")
+    return value
 
 
 def check_vector(v: Tensor | None, *, name: str, n: int) -> Tensor | None:

@@ -1,0 +1,160 @@
+"""SQLAlchemy 2.x typed models: runs, steps, step samples, alerts, reviews and the per-run monitor state.
+
+The schema itself is created by the Alembic migrations in ``storage/migrations`` (never by
+``Base.metadata.create_all`` in production); ``tests/test_storage.py`` checks that the two agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    CheckConstraint,
+    Float,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .types import PortableJSON, UTCDateTime, utcnow
+
+STEP_STATUS_VALUES = ("pending", "processing", "done", "failed")
+ALERT_STATUS_VALUES = ("open", "acknowledged", "confirmed", "dismissed")
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every fpmon table."""
+
+
+class Run(Base):
+    """A monitored training run. ``name`` is unique: creating the same name again returns this row."""
+
+    __tablename__ = "runs"
+    __table_args__ = (UniqueConstraint("name", name="runs_name_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    latent_dim: Mapped[int] = mapped_column(Integer)
+    config: Mapped[dict[str, Any]] = mapped_column(PortableJSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    D0: Mapped[float | None] = mapped_column("d0", Float, nullable=True)
+    steps_received: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    steps_processed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    last_step_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class Step(Base):
+    """One received training step: its raw payload (until the retention purge) and, once done, scalars."""
+
+    __tablename__ = "steps"
+    __table_args__ = (
+        UniqueConstraint("run_id", "step", name="uq_steps_run_step"),
+        Index("ix_steps_run_status_step", "run_id", "status", "step"),
+        Index("ix_steps_status_received", "status", "received_at"),
+        CheckConstraint(
+            "status IN ('pending', 'processing', 'done', 'failed')", name="ck_steps_status"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", name="fk_steps_run_id"))
+    step: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    payload: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+    payload_sha256: Mapped[str] = mapped_column(String(64))
+    n: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    scalars: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON, nullable=True)
+
+
+class StepSample(Base):
+    """One sample of a processed step: its relative flux divergence δ and what a reviewer needs to see.
+
+    ``abs_div`` = |δ| is stored and indexed so that "the samples of a step ordered by |δ|" is an index scan.
+    Non-finite δ (the first step of a run has none) is stored as NULL and sorts last.
+    """
+
+    __tablename__ = "step_samples"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["run_id", "step"], ["steps.run_id", "steps.step"], name="fk_step_samples_step"
+        ),
+        Index("ix_step_samples_run_step_absdiv", "run_id", "step", "abs_div"),
+    )
+
+    run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    index: Mapped[int] = mapped_column("sample_index", Integer, primary_key=True)
+    sample_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    div: Mapped[float | None] = mapped_column(Float, nullable=True)
+    abs_div: Mapped[float | None] = mapped_column(Float, nullable=True)
+    reward: Mapped[float | None] = mapped_column(Float, nullable=True)
+    text: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class Alert(Base):
+    """An alert raised by the monitor at a step (``monitor.rlhf.Alert``), and its review status."""
+
+    __tablename__ = "alerts"
+    __table_args__ = (
+        ForeignKeyConstraint(["run_id", "step"], ["steps.run_id", "steps.step"], name="fk_alerts_step"),
+        Index("ix_alerts_run_status", "run_id", "status", "id"),
+        Index("ix_alerts_status", "status", "id"),
+        CheckConstraint(
+            "status IN ('open', 'acknowledged', 'confirmed', 'dismissed')", name="ck_alerts_status"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", name="fk_alerts_run_id"))
+    step: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    scalars: Mapped[dict[str, Any]] = mapped_column(PortableJSON)
+    reasons: Mapped[list[str]] = mapped_column(PortableJSON)
+    top_samples: Mapped[list[dict[str, Any]]] = mapped_column(PortableJSON)
+    recommendation: Mapped[str] = mapped_column(Text)
+
+
+class Review(Base):
+    """A reviewer's decision on an alert (the alert's status is set to the latest decision)."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (
+        Index("ix_reviews_alert_id", "alert_id"),
+        CheckConstraint(
+            "decision IN ('acknowledged', 'confirmed', 'dismissed')", name="ck_reviews_decision"
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", name="fk_reviews_alert_id"))
+    decision: Mapped[str] = mapped_column(String(16))
+    reviewer: Mapped[str] = mapped_column(String(200))
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RunState(Base):
+    """The monitor state between steps (``RLHFMonitor.state_dict()``): JSON meta + safetensors bytes."""
+
+    __tablename__ = "run_states"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", name="fk_run_states_run_id"), primary_key=True)
+    meta: Mapped[dict[str, Any]] = mapped_column(PortableJSON)
+    tensors: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_processed_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
