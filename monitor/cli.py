@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -51,12 +51,8 @@ def demo(
 
 @app.command()
 def analyze(
-    files: Annotated[
-        list[Path], typer.Argument(help="Step files (safetensors: latents, rewards, step, texts).")
-    ],
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write every step's scalars and alerts.")
-    ] = None,
+    files: Annotated[list[Path], typer.Argument(help="Step files (safetensors: latents, rewards, step, texts).")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write every step's scalars and alerts.")] = None,
     warmup: Annotated[int, typer.Option(help="Warm-up steps (no alert before).")] = 10,
 ) -> None:
     """Run RLHFMonitor over saved step files (in step order) and print the observables and alerts."""
@@ -80,16 +76,12 @@ def analyze(
     reports = []
     for p in tqdm(payloads, desc="analyzing", unit="step"):
         reports.append(
-            monitor.observe(
-                p.step, p.latents, rewards=p.rewards, texts=p.texts, lr=p.lr, sample_ids=p.sample_ids
-            )
+            monitor.observe(p.step, p.latents, rewards=p.rewards, texts=p.texts, lr=p.lr, sample_ids=p.sample_ids)
         )
     console.print(observables_table(reports, steps, f"{len(steps)} steps"))
     for rep in reports:
         if rep.alert:
-            console.print(
-                f"[bold red]{rep.alert.type}[/] at step {rep.step}: " + "; ".join(rep.alert.reasons)
-            )
+            console.print(f"[bold red]{rep.alert.type}[/] at step {rep.step}: " + "; ".join(rep.alert.reasons))
             for s in rep.alert.top_samples:
                 console.print(f"   #{s.index} δ={s.div:.3g} reward={s.reward} {s.text or ''}")
     if json_out is not None:
@@ -103,6 +95,74 @@ def analyze(
         ]
         json_out.write_text(json.dumps({"D0": monitor.D0, "rows": rows}, indent=1))
         console.print(f"wrote {json_out}")
+
+
+db_app = typer.Typer(help="Database schema management (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def _database_url(url: str | None) -> str:
+    from api.settings import Settings
+
+    return url or Settings().database_url
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    database_url: Annotated[
+        str | None, typer.Option(help="SQLAlchemy URL (default: FPMON_DATABASE_URL or sqlite:///./fpmon.db)")
+    ] = None,
+) -> None:
+    """Apply the migrations up to the version this fpmon expects."""
+    from storage import upgrade
+
+    url = _database_url(database_url)
+    revision = upgrade(url)
+    _console().print(f"database {url} is at revision {revision}")
+
+
+@db_app.command("current")
+def db_current(database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL")] = None) -> None:
+    """Print the database's revision and the one this fpmon expects."""
+    from storage import current_revision, head_revision, make_engine
+
+    url = _database_url(database_url)
+    _console().print(f"database: {current_revision(make_engine(url))}; fpmon expects: {head_revision()}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8700).")] = None,
+    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL (default sqlite:///./fpmon.db).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Compute worker threads.")] = None,
+) -> None:
+    """Run the sidecar (REST API + compute workers). Settings also come from FPMON_* variables."""
+    import uvicorn
+
+    from api.main import create_app
+    from api.settings import Settings
+    from storage import SchemaError
+
+    overrides: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "host": host,
+            "port": port,
+            "database_url": database_url,
+            "device": device,
+            "workers": workers,
+        }.items()
+        if value is not None
+    }
+    settings = Settings(**overrides)
+    try:
+        application = create_app(settings)
+    except (SchemaError, ValueError) as exc:
+        _console().print(f"[bold red]fpmon serve: {exc}[/]")
+        raise typer.Exit(code=2) from exc
+    uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")
 
 
 def main() -> None:

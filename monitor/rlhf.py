@@ -159,6 +159,8 @@ class StepReport:
         warming_up: True while no alert can be raised yet.
         cluster_size: number of samples with strongly negative δ (mass arriving).
         reward_rise_z: robust z of reward_mean against its trailing window (NaN without rewards).
+        recalibrated: at the step that finishes the D₀ calibration, the warm-up steps' scalars rescaled
+            to the calibrated D₀ ``((step, scalars), ...)``, for callers that stored the earlier values.
     """
 
     step: int
@@ -171,6 +173,7 @@ class StepReport:
     warming_up: bool
     cluster_size: int = 0
     reward_rise_z: float = math.nan
+    recalibrated: tuple[tuple[int, dict[str, float]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -298,10 +301,13 @@ class RLHFMonitor:
         self.history.append((step, scalars))
 
         detection: Detection | None = None
+        recalibrated: tuple[tuple[int, dict[str, float]], ...] = ()
         if self.D0 is None:  # D0="auto": calibrated at the last warm-up step, then the detector catches up
             self._calibration.append((step, obs.parts, scalars))
             if self.steps_seen >= self.config.warmup_steps:
-                detection = self._finish_calibration()
+                entries = [(s, sc) for s, _, sc in self._calibration]
+                detection = self._finish_calibration()  # rescales the entries' dicts in place
+                recalibrated = tuple((s, dict(sc)) for s, sc in entries)
         else:
             detection = self.detector.update(step, scalars)
         warming = self.steps_seen <= self.config.warmup_steps
@@ -314,7 +320,7 @@ class RLHFMonitor:
         self._remember(scalars)
         return StepReport(
             step=step,
-            scalars=scalars,
+            scalars=dict(scalars),  # a snapshot: the calibration later rescales the history's dicts
             div=obs.div.detach().to("cpu", torch.float32),
             detection=detection,
             alert=alert,
@@ -323,6 +329,7 @@ class RLHFMonitor:
             warming_up=warming,
             cluster_size=cluster,
             reward_rise_z=rise,
+            recalibrated=recalibrated,
         )
 
     # ------------------------------------------------------------------ calibration on a safe run

@@ -39,12 +39,15 @@ from .repository import (
     get_step,
     ingest_step,
     list_alerts,
+    list_reviews,
     list_runs,
+    list_steps,
     load_run_state,
     metrics,
     purge_payloads,
     review_alert,
     step_samples,
+    step_status_counts,
 )
 from .state_codec import decode_state, encode_state
 
@@ -81,7 +84,9 @@ __all__ = [
     "head_revision",
     "ingest_step",
     "list_alerts",
+    "list_reviews",
     "list_runs",
+    "list_steps",
     "load_run_state",
     "make_engine",
     "metrics",
@@ -89,5 +94,6 @@ __all__ = [
     "review_alert",
     "session_factory",
     "step_samples",
+    "step_status_counts",
     "upgrade",
 ]

@@ -112,9 +112,7 @@ def check_schema(engine: Engine) -> str:
     known = {script.revision for script in ScriptDirectory.from_config(_alembic_config()).walk_revisions()}
     if current is None or current in known:
         state = "is not migrated (no alembic_version)" if current is None else f"is at revision {current}"
-        raise SchemaError(
-            f"database {state}, code expects {head}: run `fpmon db upgrade --database-url {url}`"
-        )
+        raise SchemaError(f"database {state}, code expects {head}: run `fpmon db upgrade --database-url {url}`")
     raise SchemaError(
         f"database is at revision {current}, which this fpmon does not know (it expects {head}): the "
         "schema is newer than the code; upgrade fpmon to the version that migrated this database"

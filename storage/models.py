@@ -58,9 +58,7 @@ class Step(Base):
         UniqueConstraint("run_id", "step", name="uq_steps_run_step"),
         Index("ix_steps_run_status_step", "run_id", "status", "step"),
         Index("ix_steps_status_received", "status", "received_at"),
-        CheckConstraint(
-            "status IN ('pending', 'processing', 'done', 'failed')", name="ck_steps_status"
-        ),
+        CheckConstraint("status IN ('pending', 'processing', 'done', 'failed')", name="ck_steps_status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -88,9 +86,7 @@ class StepSample(Base):
 
     __tablename__ = "step_samples"
     __table_args__ = (
-        ForeignKeyConstraint(
-            ["run_id", "step"], ["steps.run_id", "steps.step"], name="fk_step_samples_step"
-        ),
+        ForeignKeyConstraint(["run_id", "step"], ["steps.run_id", "steps.step"], name="fk_step_samples_step"),
         Index("ix_step_samples_run_step_absdiv", "run_id", "step", "abs_div"),
     )
 
@@ -112,9 +108,7 @@ class Alert(Base):
         ForeignKeyConstraint(["run_id", "step"], ["steps.run_id", "steps.step"], name="fk_alerts_step"),
         Index("ix_alerts_run_status", "run_id", "status", "id"),
         Index("ix_alerts_status", "status", "id"),
-        CheckConstraint(
-            "status IN ('open', 'acknowledged', 'confirmed', 'dismissed')", name="ck_alerts_status"
-        ),
+        CheckConstraint("status IN ('open', 'acknowledged', 'confirmed', 'dismissed')", name="ck_alerts_status"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -135,9 +129,7 @@ class Review(Base):
     __tablename__ = "reviews"
     __table_args__ = (
         Index("ix_reviews_alert_id", "alert_id"),
-        CheckConstraint(
-            "decision IN ('acknowledged', 'confirmed', 'dismissed')", name="ck_reviews_decision"
-        ),
+        CheckConstraint("decision IN ('acknowledged', 'confirmed', 'dismissed')", name="ck_reviews_decision"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -17,33 +17,35 @@ from safetensors.torch import save as st_save
 _TAG = "$float"
 
 
-def _tag(value: Any) -> Any:
+def tag_floats(value: Any) -> Any:
+    """A JSON-safe copy of ``value``: non-finite floats tagged, tuples as lists (idempotent)."""
     if isinstance(value, float) and not math.isfinite(value):
         return {_TAG: "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
     if isinstance(value, dict):
-        return {str(k): _tag(v) for k, v in value.items()}
+        return {str(k): tag_floats(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_tag(v) for v in value]
+        return [tag_floats(v) for v in value]
     return value
 
 
-def _untag(value: Any) -> Any:
+def untag_floats(value: Any) -> Any:
+    """Inverse of :func:`tag_floats` (idempotent on untagged values)."""
     if isinstance(value, dict):
         if len(value) == 1 and _TAG in value:
             return float(value[_TAG])
-        return {k: _untag(v) for k, v in value.items()}
+        return {k: untag_floats(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_untag(v) for v in value]
+        return [untag_floats(v) for v in value]
     return value
 
 
 def encode_state(state: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
     """``{"meta", "tensors"}`` → (JSON-safe meta, safetensors bytes of the tensors, moved to the CPU)."""
     tensors = {name: t.detach().to("cpu").contiguous().clone() for name, t in state["tensors"].items()}
-    return _tag(state["meta"]), st_save(tensors)
+    return tag_floats(state["meta"]), st_save(tensors)
 
 
 def decode_state(meta: dict[str, Any], tensors: bytes) -> dict[str, Any]:
     """Inverse of :func:`encode_state`: ``{"meta": dict, "tensors": dict[str, Tensor]}`` (CPU tensors)."""
     loaded: dict[str, torch.Tensor] = st_load(tensors)
-    return {"meta": _untag(meta), "tensors": loaded}
+    return {"meta": untag_floats(meta), "tensors": loaded}

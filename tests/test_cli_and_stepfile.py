@@ -61,9 +61,7 @@ def test_demo_detects_the_known_transition_without_false_alarms() -> None:
 
 
 def test_fpmon_demo_command_prints_table_and_alert() -> None:
-    result = runner.invoke(
-        app, ["demo", "--steps", "30", "--transition", "20", "--n", "96", "--latent-dim", "32"]
-    )
+    result = runner.invoke(app, ["demo", "--steps", "30", "--transition", "20", "--n", "96", "--latent-dim", "32"])
     assert result.exit_code == 0, result.output
     assert "Observables per step" in result.output
     assert "POTENTIAL_REWARD_HACKING at step 2" in result.output
@@ -88,9 +86,7 @@ def test_fpmon_analyze_over_saved_step_files(tmp_path: Path) -> None:
         )
     files = sorted(str(p) for p in tmp_path.glob("*.safetensors"))
     out = tmp_path / "report.json"
-    result = runner.invoke(
-        app, ["analyze", *reversed(files), "--json", str(out)]
-    )  # any order: sorted by step
+    result = runner.invoke(app, ["analyze", *reversed(files), "--json", str(out)])  # any order: sorted by step
     assert result.exit_code == 0, result.output
     rows = json.loads(out.read_text())["rows"]
     assert [row["step"] for row in rows] == list(range(30))
@@ -104,8 +100,6 @@ def test_fpmon_analyze_over_saved_step_files(tmp_path: Path) -> None:
 
 def test_console_script_is_installed() -> None:
     """`fpmon --help` works through the installed entry point (python -m monitor.cli as fallback)."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "monitor.cli", "--help"], capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run([sys.executable, "-m", "monitor.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     assert "demo" in proc.stdout and "analyze" in proc.stdout

@@ -171,9 +171,7 @@ def test_offline_bad_inputs() -> None:
         detect_phase_transitions({"C": hist["C"], "loss": hist["loss"]})
     with pytest.raises(ValueError, match="c_key"):
         detect_phase_transitions({"consolidation": hist["C"], "S_dot": hist["S_dot"]})
-    assert detect_phase_transitions(
-        {"consolidation": hist["C"], "S_dot": hist["S_dot"]}, c_key="consolidation"
-    )
+    assert detect_phase_transitions({"consolidation": hist["C"], "S_dot": hist["S_dot"]}, c_key="consolidation")
     with pytest.raises(TypeError, match="window"):
         detect_phase_transitions(hist, windw=5)
     with pytest.raises(ValueError, match="window"):
@@ -185,12 +183,10 @@ def test_offline_bad_inputs() -> None:
 
 def test_offline_overrides_equal_config() -> None:
     hist = transition_history(0)
-    assert detect_phase_transitions(hist, window=5) == detect_phase_transitions(
-        hist, OfflineDetectorConfig(window=5)
+    assert detect_phase_transitions(hist, window=5) == detect_phase_transitions(hist, OfflineDetectorConfig(window=5))
+    assert detect_phase_transitions(hist, OfflineDetectorConfig(window=5), tolerance=0) == detect_phase_transitions(
+        hist, OfflineDetectorConfig(window=5, tolerance=0)
     )
-    assert detect_phase_transitions(
-        hist, OfflineDetectorConfig(window=5), tolerance=0
-    ) == detect_phase_transitions(hist, OfflineDetectorConfig(window=5, tolerance=0))
 
 
 # --------------------------------------------------------------------------------------------- streaming
@@ -198,10 +194,7 @@ def test_offline_overrides_equal_config() -> None:
 
 def run_stream(det: StreamingDetector, values: np.ndarray, start: int = 0) -> list[Detection]:
     """Feed rows of ``values`` (shape (T, 4), columns WATCHED) as steps start, start+1, ..."""
-    return [
-        det.update(start + i, dict(zip(WATCHED, map(float, row), strict=True)))
-        for i, row in enumerate(values)
-    ]
+    return [det.update(start + i, dict(zip(WATCHED, map(float, row), strict=True))) for i, row in enumerate(values)]
 
 
 def first_flag(dets: list[Detection]) -> int | None:
@@ -264,9 +257,7 @@ def test_streaming_ramp_caught_by_cusum_but_not_a_single_subthreshold_spike() ->
 
 def _same(a: Detection, b: Detection) -> bool:
     def eq(x: dict[str, float], y: dict[str, float]) -> bool:
-        return x.keys() == y.keys() and all(
-            (math.isnan(x[k]) and math.isnan(y[k])) or x[k] == y[k] for k in x
-        )
+        return x.keys() == y.keys() and all((math.isnan(x[k]) and math.isnan(y[k])) or x[k] == y[k] for k in x)
 
     return (a.step, a.flagged, a.triggered, a.warming_up) == (
         b.step,

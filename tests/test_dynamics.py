@@ -195,9 +195,7 @@ def test_ornstein_uhlenbeck_stationary_covariance() -> None:
     mean_var = float(torch.diagonal(cov).mean())
     assert mean_var == pytest.approx(var_em, rel=0.02)
     assert abs(mean_var / var_sde - 1) > 0.03  # the O(dt) bias is real and of the predicted size
-    torch.testing.assert_close(
-        torch.diagonal(cov), torch.full((d,), var_em, dtype=torch.float64), rtol=0.04, atol=0
-    )
+    torch.testing.assert_close(torch.diagonal(cov), torch.full((d,), var_em, dtype=torch.float64), rtol=0.04, atol=0)
     off = cov - torch.diag(torch.diagonal(cov))
     assert float(off.abs().max()) < 0.03 * var_em
 
@@ -307,9 +305,7 @@ def test_train_epoch_histories_are_consistent_and_deterministic() -> None:
 
 
 def test_auto_reset_trigger_with_warmup_and_refractory_boost() -> None:
-    dyn = FokkerPlanckDynamics(
-        quadratic_loss, auto_reset=True, C_threshold=1e12, reset_warmup=3, reset_boost_steps=2
-    )
+    dyn = FokkerPlanckDynamics(quadratic_loss, auto_reset=True, C_threshold=1e12, reset_warmup=3, reset_boost_steps=2)
     z0 = torch.randn((50, 2), generator=torch.Generator().manual_seed(10))
     _, hist = dyn.train_epoch(z0, n_steps=10, dt=0.01, reset_at=[1])
     # reset at 1 (boost for steps 1, 2); trigger at 3 → reset at 4 (boost 4, 5); trigger at 5 → 6; ...; the

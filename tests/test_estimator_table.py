@@ -138,9 +138,7 @@ def test_ou_truth_closed_forms() -> None:
     dh = (ou.entropy(t + eps) - ou.entropy(t - eps)) / (2 * eps)
     assert ou.s_dot(t) == pytest.approx(-dh, rel=1e-6)
     big = ou.mean(t) + np.sqrt(ou.var(t)) * rng.standard_normal((200_000, 4))
-    assert np.mean(np.sum(ou.velocity(big, t) * ou.score(big, t), axis=1)) == pytest.approx(
-        ou.s_dot(t), rel=0.05
-    )
+    assert np.mean(np.sum(ou.velocity(big, t) * ou.score(big, t), axis=1)) == pytest.approx(ou.s_dot(t), rel=0.05)
     # the n→∞ Bures limit with w = 1 tends to the true velocity as the step shrinks (here: 1 step, θ = 0.1)
     v_lim = et.limit_velocity(ou, x, t, [t - 1.0], 1.0)
     assert et._rel_rms(v_lim, v) < 0.15

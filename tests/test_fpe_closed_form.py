@@ -30,9 +30,7 @@ from monitor.fpe.wasserstein import w2_exact
 F64 = torch.float64
 
 
-def gaussian_samples(
-    n: int, mean: torch.Tensor, cov: torch.Tensor, seed: int, exact: bool = False
-) -> torch.Tensor:
+def gaussian_samples(n: int, mean: torch.Tensor, cov: torch.Tensor, seed: int, exact: bool = False) -> torch.Tensor:
     """n samples of N(mean, cov); ``exact=True`` standardises the draws so the sample moments are exact."""
     gen = torch.Generator().manual_seed(seed)
     xi = torch.randn(n, mean.shape[0], generator=gen, dtype=F64)
@@ -138,9 +136,7 @@ def test_bures_w2_and_map_closed_form() -> None:
     s2 = torch.tensor([[0.4, -0.2], [-0.2, 1.5]], dtype=F64)
     amap = bures_map_matrix(s1, s2, floor=1e-12)
     torch.testing.assert_close(amap @ s1 @ amap, s2)
-    assert (
-        float(torch.linalg.eigvalsh(amap).min()) > 0
-    )  # symmetric positive definite: a gradient of a convex map
+    assert float(torch.linalg.eigvalsh(amap).min()) > 0  # symmetric positive definite: a gradient of a convex map
 
 
 def test_empirical_w2_matches_gaussian_w2() -> None:
@@ -205,9 +201,7 @@ def test_w2_step_is_rms_velocity_times_dt() -> None:
     x_prev = gaussian_samples(1000, ou.mean(0.0), ou.cov(0.0), seed=12, exact=True)
     x_cur = gaussian_samples(1000, ou.mean(0.5), ou.cov(0.5), seed=13, exact=True)
     obs = observables_from_projected([x_prev], x_cur, FPEConfig(k=2, cov_floor=1e-12))
-    assert obs.scalars["W2_step"] == pytest.approx(
-        bures_w2(gaussian_fit(x_prev), gaussian_fit(x_cur)), rel=1e-6
-    )
+    assert obs.scalars["W2_step"] == pytest.approx(bures_w2(gaussian_fit(x_prev), gaussian_fit(x_cur)), rel=1e-6)
 
 
 def test_ot_velocity_recovers_a_translation_exactly() -> None:

@@ -137,9 +137,7 @@ def test_ot_velocity_estimator_runs_end_to_end() -> None:
     z_ref = structured_latents(300, 128, 1.0, seed=12)
     proj = Projection.fit(z_ref, k=4)
     cfg = FPEConfig(k=4, velocity="ot")
-    obs = compute_observables(
-        z_ref, structured_latents(300, 128, 1.0, seed=13, shift=0.3), projection=proj, config=cfg
-    )
+    obs = compute_observables(z_ref, structured_latents(300, 128, 1.0, seed=13, shift=0.3), projection=proj, config=cfg)
     assert_all_finite(obs.scalars, REWARD_FREE | {"W2_ref", "KL_ref"})
     sinkhorn = compute_observables(
         z_ref,

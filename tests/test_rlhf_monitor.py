@@ -15,9 +15,7 @@ N, D, STEPS, ONSET = 256, 32, 40, 25
 CLUSTER = int(0.3 * N)
 
 
-def batches(
-    seed: int, onset: int | None, steps: int = STEPS
-) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+def batches(seed: int, onset: int | None, steps: int = STEPS) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Latents with an 8-dim structure plus noise; from ``onset`` on, 30 % sit in a tight new cluster
     (indices 0..CLUSTER-1) that earns a reward of +1 (the exploit)."""
     gen = torch.Generator().manual_seed(seed)
@@ -32,15 +30,11 @@ def batches(
         yield step, z, r
 
 
-def run(
-    seed: int, onset: int | None, rewards: bool = True, monitor: RLHFMonitor | None = None
-) -> list[StepReport]:
+def run(seed: int, onset: int | None, rewards: bool = True, monitor: RLHFMonitor | None = None) -> list[StepReport]:
     mon = monitor or RLHFMonitor()
     texts = [f"answer {i}" for i in range(N)]
     return [
-        mon.observe(
-            step, z, rewards=r if rewards else None, texts=texts, sample_ids=[f"id{i}" for i in range(N)]
-        )
+        mon.observe(step, z, rewards=r if rewards else None, texts=texts, sample_ids=[f"id{i}" for i in range(N)])
         for step, z, r in batches(seed, onset)
     ]
 
@@ -155,3 +149,16 @@ def test_bad_input_is_rejected_and_changes_nothing() -> None:
     assert mon.steps_seen == 1 and len(mon.history) == 1
     mon.observe(1, torch.randn(16, 8))  # still usable
     assert mon.steps_seen == 2
+
+
+def test_calibration_step_reports_the_rescaled_warmup_scalars() -> None:
+    mon = RLHFMonitor(MonitorConfig(warmup_steps=5))
+    reports = run(11, onset=None, monitor=mon)
+    assert all(rep.recalibrated == () for i, rep in enumerate(reports) if i != 4)
+    rescaled = dict(reports[4].recalibrated)
+    assert sorted(rescaled) == [0, 1, 2, 3, 4]
+    for step, scalars in mon.history[:5]:
+        assert rescaled[step] == pytest.approx(scalars, nan_ok=True)
+    # C changed by the calibration (D0 != 1), the D0-free scalars did not
+    assert rescaled[2]["H"] == reports[2].scalars["H"]
+    assert rescaled[2]["C"] != pytest.approx(reports[2].scalars["C"])

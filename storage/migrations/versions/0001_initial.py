@@ -66,9 +66,7 @@ def upgrade() -> None:
         sa.Column("abs_div", sa.Float(), nullable=True),
         sa.Column("reward", sa.Float(), nullable=True),
         sa.Column("text", sa.Text(), nullable=True),
-        sa.ForeignKeyConstraint(
-            ["run_id", "step"], ["steps.run_id", "steps.step"], name="fk_step_samples_step"
-        ),
+        sa.ForeignKeyConstraint(["run_id", "step"], ["steps.run_id", "steps.step"], name="fk_step_samples_step"),
     )
     op.create_index("ix_step_samples_run_step_absdiv", "step_samples", ["run_id", "step", "abs_div"])
     op.create_table(
@@ -84,25 +82,19 @@ def upgrade() -> None:
         sa.Column("top_samples", PortableJSON, nullable=False),
         sa.Column("recommendation", sa.Text(), nullable=False),
         sa.ForeignKeyConstraint(["run_id", "step"], ["steps.run_id", "steps.step"], name="fk_alerts_step"),
-        sa.CheckConstraint(
-            "status IN ('open', 'acknowledged', 'confirmed', 'dismissed')", name="ck_alerts_status"
-        ),
+        sa.CheckConstraint("status IN ('open', 'acknowledged', 'confirmed', 'dismissed')", name="ck_alerts_status"),
     )
     op.create_index("ix_alerts_run_status", "alerts", ["run_id", "status", "id"])
     op.create_index("ix_alerts_status", "alerts", ["status", "id"])
     op.create_table(
         "reviews",
         sa.Column("id", sa.Integer(), primary_key=True),
-        sa.Column(
-            "alert_id", sa.Integer(), sa.ForeignKey("alerts.id", name="fk_reviews_alert_id"), nullable=False
-        ),
+        sa.Column("alert_id", sa.Integer(), sa.ForeignKey("alerts.id", name="fk_reviews_alert_id"), nullable=False),
         sa.Column("decision", sa.String(16), nullable=False),
         sa.Column("reviewer", sa.String(200), nullable=False),
         sa.Column("note", sa.Text(), nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),
-        sa.CheckConstraint(
-            "decision IN ('acknowledged', 'confirmed', 'dismissed')", name="ck_reviews_decision"
-        ),
+        sa.CheckConstraint("decision IN ('acknowledged', 'confirmed', 'dismissed')", name="ck_reviews_decision"),
     )
     op.create_index("ix_reviews_alert_id", "reviews", ["alert_id"])
     op.create_table(

@@ -1,0 +1,84 @@
+"""Request dependencies: the app's services, database sessions and bearer-token authentication."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session, sessionmaker
+
+from .metrics import Metrics
+from .settings import Settings
+
+
+@dataclass
+class Services:
+    """What the routes need, kept on ``app.state.services``."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    metrics: Metrics
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def get_session(services: Annotated[Services, Depends(get_services)]) -> Iterator[Session]:
+    with services.sessions() as session:
+        yield session
+
+
+_bearer = HTTPBearer(auto_error=False, description="FPMON_API_TOKENS (write) or FPMON_READ_TOKENS (read)")
+
+
+def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    return credentials.credentials if credentials is not None else None
+
+
+def _unauthorized(services: Services, message: str) -> HTTPException:
+    services.metrics.rejected.labels(reason="auth").inc()
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_read(
+    services: Annotated[Services, Depends(get_services)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Any configured token (read or write) may read; no check when authentication is off."""
+    settings = services.settings
+    if not settings.auth_enabled:
+        return
+    token = _token(credentials)
+    if token is None:
+        raise _unauthorized(services, "missing bearer token: send 'Authorization: Bearer <token>'")
+    if token not in settings.api_tokens and token not in settings.read_tokens:
+        raise _unauthorized(services, "invalid bearer token")
+
+
+def require_write(
+    services: Annotated[Services, Depends(get_services)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Only write tokens (FPMON_API_TOKENS) may write; no check when authentication is off."""
+    settings = services.settings
+    if not settings.auth_enabled:
+        return
+    token = _token(credentials)
+    if token is None:
+        raise _unauthorized(services, "missing bearer token: send 'Authorization: Bearer <token>'")
+    if token in settings.read_tokens and token not in settings.api_tokens:
+        services.metrics.rejected.labels(reason="auth").inc()
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this token is read-only; writes need a write token")
+    if token not in settings.api_tokens:
+        raise _unauthorized(services, "invalid bearer token")
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+ServicesDep = Annotated[Services, Depends(get_services)]
+ReadAuth = Depends(require_read)
+WriteAuth = Depends(require_write)

@@ -1,0 +1,67 @@
+"""The FastAPI application: ``create_app(settings)`` (tests, ``fpmon serve``) and ``app`` (uvicorn)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from storage import check_schema, make_engine, session_factory
+
+from .deps import Services
+from .metrics import Metrics
+from .routes import alerts, health, runs, steps
+from .settings import Settings
+from .worker import StepProcessor, WorkerThread, resolve_device
+
+log = logging.getLogger("fpmon.api")
+
+
+def create_app(settings: Settings | None = None, start_workers: bool = True) -> FastAPI:
+    """The sidecar app. Refuses (``storage.SchemaError``) a database that is not at the code's revision,
+    and (``ValueError``) a non-loopback bind without tokens."""
+    settings = settings or Settings()
+    settings.check_bind()
+    engine = make_engine(settings.database_url)
+    check_schema(engine)
+    services = Services(settings=settings, sessions=session_factory(engine), metrics=Metrics())
+    if not settings.auth_enabled:
+        log.warning("no FPMON_API_TOKENS / FPMON_READ_TOKENS: serving WITHOUT authentication on %s", settings.host)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        workers: list[WorkerThread] = []
+        if start_workers:
+            device = resolve_device(settings.device)
+            for _ in range(settings.workers):
+                processor = StepProcessor(
+                    services.sessions,
+                    services.metrics,
+                    device,
+                    claim_stale_s=settings.claim_stale_s,
+                    retention_steps=settings.retention_steps,
+                )
+                worker = WorkerThread(processor, settings.worker_poll_s)
+                worker.start()
+                workers.append(worker)
+        app.state.workers = workers
+        try:
+            yield
+        finally:
+            for worker in workers:
+                worker.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="fpmon sidecar",
+        version="0.1.0",
+        description="Fokker–Planck monitoring of RLHF runs: ingest step latents, query observables and alerts.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.state.workers = []
+    for module in (runs, steps, alerts, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,80 @@
+"""Alerts: list with filters, get, review (acknowledge / confirm / dismiss with a note)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+import storage
+from storage import Alert
+
+from ..deps import ReadAuth, SessionDep, WriteAuth
+from ..schemas import AlertList, AlertOut, Problem, ReviewIn, ReviewOut
+
+router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
+
+
+def alert_out(session: SessionDep, alert: Alert, with_reviews: bool = False) -> AlertOut:
+    reviews = (
+        [
+            ReviewOut(decision=r.decision, reviewer=r.reviewer, note=r.note, created_at=r.created_at)
+            for r in storage.list_reviews(session, alert.id)
+        ]
+        if with_reviews
+        else []
+    )
+    return AlertOut(
+        alert_id=alert.id,
+        run_id=alert.run_id,
+        step=alert.step,
+        type=alert.type,
+        status=alert.status,
+        created_at=alert.created_at,
+        scalars=alert.scalars,
+        reasons=alert.reasons,
+        top_samples=alert.top_samples,
+        recommendation=alert.recommendation,
+        reviews=reviews,
+    )
+
+
+@router.get("", response_model=AlertList, dependencies=[ReadAuth])
+def list_alerts(
+    session: SessionDep,
+    run_id: int | None = None,
+    status_: Annotated[str | None, Query(alias="status", pattern="^(open|acknowledged|confirmed|dismissed)$")] = None,
+    type_: Annotated[str | None, Query(alias="type", max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> AlertList:
+    """Alerts, newest first."""
+    alerts = storage.list_alerts(session, run_id=run_id, status=status_, type=type_, limit=limit, offset=offset)
+    return AlertList(alerts=[alert_out(session, a) for a in alerts])
+
+
+def _get_or_404(session: SessionDep, alert_id: int) -> Alert:
+    alert = storage.get_alert(session, alert_id)
+    if alert is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"alert {alert_id} does not exist")
+    return alert
+
+
+@router.get("/{alert_id}", response_model=AlertOut, dependencies=[ReadAuth], responses={404: {"model": Problem}})
+def get_alert(alert_id: int, session: SessionDep) -> AlertOut:
+    return alert_out(session, _get_or_404(session, alert_id), with_reviews=True)
+
+
+@router.post(
+    "/{alert_id}/review", response_model=AlertOut, dependencies=[WriteAuth], responses={404: {"model": Problem}}
+)
+def review_alert(alert_id: int, body: ReviewIn, session: SessionDep) -> AlertOut:
+    """Record a reviewer's decision; the alert's status becomes the decision."""
+    _get_or_404(session, alert_id)
+    try:
+        alert = storage.review_alert(session, alert_id, body.decision, body.reviewer.strip(), body.note)
+    except storage.NotFound as exc:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except ValueError as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
+    return alert_out(session, alert, with_reviews=True)

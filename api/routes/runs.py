@@ -1,0 +1,116 @@
+"""Runs: create (idempotent by name), list, get, metric history, samples of a step."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, Response, status
+
+import storage
+from storage import Run
+
+from ..deps import ReadAuth, SessionDep, WriteAuth
+from ..schemas import MetricRow, MetricRows, Problem, RunCreate, RunList, RunOut, SampleList, SampleOut
+
+router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+
+def run_out(run: Run) -> RunOut:
+    return RunOut(
+        run_id=run.id,
+        name=run.name,
+        latent_dim=run.latent_dim,
+        config=run.config,
+        created_at=run.created_at,
+        D0=run.D0,
+        steps_received=run.steps_received,
+        steps_processed=run.steps_processed,
+        last_step_at=run.last_step_at,
+    )
+
+
+def get_run_or_404(session: SessionDep, run_id: int) -> Run:
+    run = storage.get_run(session, run_id)
+    if run is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} does not exist; create it with POST /v1/runs")
+    return run
+
+
+@router.post(
+    "",
+    response_model=RunOut,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[WriteAuth],
+    responses={200: {"model": RunOut, "description": "A run of that name exists"}, 409: {"model": Problem}},
+)
+def create_run(body: RunCreate, session: SessionDep, response: Response) -> RunOut:
+    """Create a run; the same name again returns the existing run (200)."""
+    run, created = storage.get_or_create_run(session, body.name, body.latent_dim, body.config)
+    if not created:
+        if run.latent_dim != body.latent_dim:
+            raise HTTPException(
+                status.HTTP_409_CONFLICT,
+                f"run {body.name!r} exists with latent_dim {run.latent_dim}, not {body.latent_dim}; use another name",
+            )
+        response.status_code = status.HTTP_200_OK
+    return run_out(run)
+
+
+@router.get("", response_model=RunList, dependencies=[ReadAuth])
+def list_runs(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> RunList:
+    return RunList(runs=[run_out(r) for r in storage.list_runs(session, limit=limit, offset=offset)])
+
+
+@router.get("/{run_id}", response_model=RunOut, dependencies=[ReadAuth], responses={404: {"model": Problem}})
+def get_run(run_id: int, session: SessionDep) -> RunOut:
+    return run_out(get_run_or_404(session, run_id))
+
+
+@router.get(
+    "/{run_id}/metrics", response_model=MetricRows, dependencies=[ReadAuth], responses={404: {"model": Problem}}
+)
+def get_metrics(
+    run_id: int,
+    session: SessionDep,
+    names: Annotated[str | None, Query(description="Comma-separated scalar names, e.g. C,S_dot")] = None,
+    start: int | None = None,
+    end: int | None = None,
+    max_points: Annotated[int, Query(ge=2, le=100_000)] = 1000,
+) -> MetricRows:
+    """One row per processed step in [start, end], decimated to at most max_points (first and last kept)."""
+    get_run_or_404(session, run_id)
+    wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
+    rows = storage.metrics(session, run_id, wanted, start, end, max_points)
+    return MetricRows(rows=[MetricRow(step=r["step"], scalars=r["scalars"]) for r in rows])
+
+
+@router.get(
+    "/{run_id}/steps/{step}/samples",
+    response_model=SampleList,
+    dependencies=[ReadAuth],
+    responses={404: {"model": Problem}},
+)
+def get_samples(
+    run_id: int,
+    step: int,
+    session: SessionDep,
+    order: Annotated[str, Query(pattern="^(div|index)$")] = "div",
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> SampleList:
+    """The samples of a processed step, by |δ| (largest first) or by index."""
+    get_run_or_404(session, run_id)
+    row = storage.get_step(session, run_id, step)
+    if row is None or row.status != "done":
+        state = "not received" if row is None else row.status
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"step {step} of run {run_id} is {state}, not processed")
+    samples = storage.step_samples(session, run_id, step, order=order, limit=limit, offset=offset)
+    return SampleList(
+        samples=[
+            SampleOut(index=s.index, sample_id=s.sample_id, div=s.div, reward=s.reward, text=s.text) for s in samples
+        ]
+    )

@@ -1,0 +1,72 @@
+"""Sidecar settings, from arguments or ``FPMON_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Settings of ``fpmon serve``; every field can be set as ``FPMON_<NAME>`` (e.g. ``FPMON_PORT``).
+
+    Attributes:
+        host: address to bind. Without tokens only loopback addresses are allowed.
+        port: TCP port.
+        database_url: SQLAlchemy URL; SQLite file by default, ``postgresql+psycopg://…`` to scale out.
+        device: where the worker computes: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
+        api_tokens: bearer tokens allowed to write (and read), comma-separated in the environment.
+        read_tokens: bearer tokens allowed to read only.
+        max_body_bytes: largest accepted step payload.
+        max_n: most samples per step; max_d: largest latent dimension.
+        workers: compute threads in this process (each claims pending steps from the database).
+        worker_poll_s: how often an idle worker looks for pending steps.
+        claim_stale_s: a step claimed longer ago than this by a worker that died is claimed again.
+        retention_steps: keep the raw latents of only the last N processed steps per run (None: all).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FPMON_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8700
+    database_url: str = "sqlite:///./fpmon.db"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    api_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    read_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_n: int = 8192
+    max_d: int = 8192
+    workers: int = 1
+    worker_poll_s: float = 0.05
+    claim_stale_s: float = 300.0
+    retention_steps: int | None = None
+
+    @field_validator("api_tokens", "read_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.api_tokens or self.read_tokens)
+
+    def check_bind(self) -> None:
+        """Refuse a non-loopback address when no token is configured."""
+        if self.auth_enabled:
+            return
+        host = self.host.strip("[]")
+        if host == "localhost":
+            return
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ValueError(
+                f"refusing to bind {self.host} without authentication: set FPMON_API_TOKENS (and "
+                "optionally FPMON_READ_TOKENS), or bind 127.0.0.1"
+            )

@@ -1,0 +1,166 @@
+"""The compute worker: claims pending steps from the database, runs RLHFMonitor, writes the results.
+
+This is the one place where HTTP-free math (``monitor``) and SQL (``storage``) meet. The run's monitor
+state is read from the database before each step and written back in the same transaction as the step's
+results, so a worker (or a whole replica) can die at any moment and another one continues the run from
+the last completed step, with identical observables.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from sqlalchemy.orm import Session
+
+from monitor.rlhf import MonitorConfig, RLHFMonitor
+from monitor.stepfile import decode_step
+from storage import (
+    LostClaim,
+    Step,
+    claim_next_step,
+    complete_step,
+    decode_state,
+    encode_state,
+    fail_step,
+    get_run,
+    load_run_state,
+    purge_payloads,
+)
+
+from .metrics import Metrics
+
+log = logging.getLogger("fpmon.worker")
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("FPMON_DEVICE=cuda but torch sees no CUDA device; use auto or cpu")
+    return torch.device(device)
+
+
+def monitor_config_of(run_config: dict[str, Any]) -> MonitorConfig:
+    """The run's MonitorConfig: ``config["monitor"]`` (MonitorConfig.to_dict() form) or the defaults."""
+    data = run_config.get("monitor") if isinstance(run_config, dict) else None
+    return MonitorConfig.from_dict(data) if data else MonitorConfig()
+
+
+class StepProcessor:
+    """Processes one claimed step at a time (see the module docstring)."""
+
+    def __init__(
+        self,
+        sessions: Callable[[], Session],
+        metrics: Metrics,
+        device: torch.device,
+        claim_stale_s: float = 300.0,
+        retention_steps: int | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self.sessions = sessions
+        self.metrics = metrics
+        self.device = device
+        self.claim_stale_s = claim_stale_s
+        self.retention_steps = retention_steps
+        self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
+
+    def process_one(self) -> bool:
+        """Claim and process one step; False when nothing was pending."""
+        with self.sessions() as session:
+            row = claim_next_step(session, self.worker_id, stale_after_s=self.claim_stale_s)
+            if row is None:
+                return False
+            started = time.perf_counter()
+            try:
+                self._process(session, row)
+            except LostClaim:
+                log.warning("step %s of run %s was reclaimed by another worker", row.step, row.run_id)
+                return True
+            except Exception as exc:  # a bad step must not kill the worker: record it and go on
+                log.exception("step %s of run %s failed", row.step, row.run_id)
+                session.rollback()
+                fail_step(session, row, f"{type(exc).__name__}: {exc}")
+                self.metrics.failed.inc()
+                return True
+            self.metrics.processed.inc()
+            self.metrics.processing_latency.observe(time.perf_counter() - started)
+            if self.retention_steps is not None:
+                purge_payloads(session, self.retention_steps)
+        return True
+
+    def _process(self, session: Session, row: Step) -> None:
+        run = get_run(session, row.run_id)
+        if run is None or row.payload is None:
+            raise RuntimeError("the step's run or payload is missing")
+        payload = decode_step(row.payload)
+        stored = load_run_state(session, run.id)
+        if stored is None:
+            monitor = RLHFMonitor(monitor_config_of(run.config))
+        else:
+            monitor = RLHFMonitor.from_state_dict(decode_state(stored.meta, stored.tensors), device=self.device)
+        report = monitor.observe(
+            payload.step,
+            payload.latents.to(self.device),
+            rewards=payload.rewards,
+            texts=payload.texts,
+            lr=payload.lr,
+            sample_ids=payload.sample_ids,
+        )
+        div = report.div.tolist()
+        rewards = payload.rewards.tolist() if payload.rewards is not None else None
+        samples = [
+            {
+                "index": i,
+                "div": div[i],
+                "sample_id": payload.sample_ids[i] if payload.sample_ids is not None else None,
+                "reward": rewards[i] if rewards is not None else None,
+                "text": payload.texts[i] if payload.texts is not None else None,
+            }
+            for i in range(len(div))
+        ]
+        meta, tensors = encode_state(monitor.state_dict())
+        alert = report.alert.to_dict() if report.alert is not None else None
+        complete_step(
+            session, row, report.scalars, samples, alert, meta, tensors, D0=monitor.D0, rescaled=report.recalibrated
+        )
+        if alert is not None:
+            self.metrics.alerts.labels(type=alert["type"]).inc()
+        for name in ("C", "W2_ref", "S_dot", "reward_mean"):
+            value = report.scalars.get(name)
+            if value is not None:
+                self.metrics.observable.labels(run=run.name, name=name).set(value)
+
+
+class WorkerThread(threading.Thread):
+    """A daemon thread that keeps calling :meth:`StepProcessor.process_one` until stopped."""
+
+    def __init__(self, processor: StepProcessor, poll_s: float) -> None:
+        super().__init__(name=processor.worker_id, daemon=True)
+        self.processor = processor
+        self.poll_s = poll_s
+        self.stop_event = threading.Event()
+        self.last_beat = time.monotonic()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            self.last_beat = time.monotonic()
+            try:
+                busy = self.processor.process_one()
+            except Exception:  # database down for a moment: log, back off, keep going
+                log.exception("worker loop error")
+                busy = False
+                self.stop_event.wait(1.0)
+            if not busy:
+                self.stop_event.wait(self.poll_s)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.stop_event.set()
+        self.join(timeout)

@@ -1,0 +1,555 @@
+"""storage/: migrations, schema checks, ingest idempotency, step claiming, results, reads, retention.
+
+Every test runs on SQLite and on PostgreSQL (``database_url`` in conftest.py).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy.orm import Session
+
+from monitor import MonitorConfig, RLHFMonitor
+from monitor.stepfile import StepPayload, decode_step, encode_step
+from storage import (
+    Base,
+    LostClaim,
+    NotFound,
+    SchemaError,
+    Step,
+    StepConflict,
+    check_schema,
+    claim_next_step,
+    complete_step,
+    counts,
+    current_revision,
+    decode_state,
+    encode_state,
+    fail_step,
+    get_alert,
+    get_or_create_run,
+    get_run,
+    get_step,
+    head_revision,
+    ingest_step,
+    list_alerts,
+    list_reviews,
+    list_runs,
+    list_steps,
+    load_run_state,
+    make_engine,
+    metrics,
+    purge_payloads,
+    review_alert,
+    session_factory,
+    step_samples,
+    step_status_counts,
+    upgrade,
+)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    upgrade(database_url)
+    eng = make_engine(database_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def session(engine: Engine) -> Iterator[Session]:
+    with session_factory(engine)() as s:
+        yield s
+
+
+def process(session: Session, worker: str = "w", scalars: dict[str, float] | None = None) -> Step | None:
+    """Claim the next step and complete it with trivial results."""
+    row = claim_next_step(session, worker)
+    if row is not None:
+        complete_step(session, row, scalars or {"x": float(row.step)}, [], None, {}, b"")
+    return row
+
+
+def add_done_steps(session: Session, run_id: int, steps: list[int]) -> None:
+    for step in steps:
+        assert ingest_step(session, run_id, step, f"{run_id}:{step}".encode(), 1) == "queued"
+        row = claim_next_step(session, "w")
+        assert row is not None and row.step == step
+        complete_step(session, row, {"x": float(step), "y": -float(step)}, [], None, {}, b"")
+
+
+# ---------------------------------------------------------------------------------------------- schema
+def test_upgrade_from_empty_to_head_matches_the_models(database_url: str) -> None:
+    eng = make_engine(database_url)
+    try:
+        assert current_revision(eng) is None
+        assert upgrade(database_url) == head_revision()
+        assert current_revision(eng) == head_revision()
+        assert check_schema(eng) == head_revision()
+        tables = set(inspect(eng).get_table_names())
+        assert {
+            "runs",
+            "steps",
+            "step_samples",
+            "alerts",
+            "reviews",
+            "run_states",
+            "alembic_version",
+        } <= tables
+        with eng.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+            assert diff == []
+            if eng.dialect.name == "sqlite":
+                assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+                assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert upgrade(database_url) == head_revision()  # idempotent
+    finally:
+        eng.dispose()
+
+
+def test_check_schema_refuses_an_unmigrated_database(database_url: str) -> None:
+    eng = make_engine(database_url)
+    try:
+        with pytest.raises(SchemaError, match=r"code expects 0001_initial: run `fpmon db upgrade --database-url"):
+            check_schema(eng)
+    finally:
+        eng.dispose()
+
+
+def test_check_schema_refuses_a_newer_schema(engine: Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
+    with pytest.raises(SchemaError, match="newer than the code; upgrade fpmon"):
+        check_schema(engine)
+
+
+# ---------------------------------------------------------------------------------------------- runs
+def test_get_or_create_run_is_idempotent(session: Session) -> None:
+    run, created = get_or_create_run(session, "exp-1", 16, {"k": 4, "bad": math.nan})
+    again, created_again = get_or_create_run(session, "exp-1", 16, {"k": 8})
+    assert created and not created_again
+    assert again.id == run.id and again.config == {"k": 4, "bad": None}
+    assert [r.name for r in list_runs(session)] == ["exp-1"]
+    assert counts(session)["runs"] == 1
+    with pytest.raises(ValueError, match="non-empty name"):
+        get_or_create_run(session, " ", 16)
+
+
+def test_concurrent_creates_of_one_name_make_one_run(engine: Engine) -> None:
+    factory = session_factory(engine)
+    barrier = threading.Barrier(6)
+    results: list[tuple[int, bool]] = []
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        try:
+            with factory() as s:
+                barrier.wait()
+                run, created = get_or_create_run(s, "shared", 8)
+                results.append((run.id, created))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len({run_id for run_id, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+    with factory() as s:
+        assert counts(s)["runs"] == 1
+
+
+# ---------------------------------------------------------------------------------------------- ingest
+def test_ingest_queued_duplicate_conflict(session: Session) -> None:
+    run, _ = get_or_create_run(session, "r", 4)
+    assert ingest_step(session, run, 0, b"payload-0", 2) == "queued"
+    before = counts(session)
+    assert ingest_step(session, run, 0, b"payload-0", 2) == "duplicate"
+    with pytest.raises(StepConflict, match="different content"):
+        ingest_step(session, run.id, 0, b"other bytes", 2)
+    assert counts(session) == before
+    fresh = get_run(session, run.id)
+    assert fresh is not None and fresh.steps_received == 1 and fresh.last_step_at is not None
+    step = get_step(session, run.id, 0)
+    assert step is not None and step.status == "pending" and step.payload == b"payload-0" and step.n == 2
+    with pytest.raises(NotFound):
+        ingest_step(session, 12345, 0, b"x", 1)
+    assert counts(session) == before
+
+
+# ---------------------------------------------------------------------------------------------- claims
+def test_claim_order_within_and_across_runs(session: Session) -> None:
+    a, _ = get_or_create_run(session, "a", 4)
+    b, _ = get_or_create_run(session, "b", 4)
+    for step in (2, 0, 1):
+        ingest_step(session, a, step, f"a{step}".encode(), 1)
+    ingest_step(session, b, 5, b"b5", 1)
+    first = claim_next_step(session, "w1")
+    assert first is not None and (first.run_id, first.step) == (a.id, 0) and first.payload == b"a0"
+    # run a is busy: the next claim goes to run b even though a's step 1 is older
+    second = claim_next_step(session, "w2")
+    assert second is not None and (second.run_id, second.step) == (b.id, 5)
+    assert claim_next_step(session, "w3") is None
+    complete_step(session, first, {"x": 0.0}, [], None, {}, b"")
+    order = [process(session) for _ in range(3)]
+    assert [(r.run_id, r.step) for r in order if r is not None] == [(a.id, 1), (a.id, 2)]
+    assert order[2] is None
+    # across runs, the oldest received claimable step goes first
+    complete_step(session, second, {"x": 5.0}, [], None, {}, b"")
+    ingest_step(session, b, 6, b"b6", 1)
+    ingest_step(session, a, 3, b"a3", 1)
+    assert [(r.run_id, r.step) for r in (process(session), process(session)) if r] == [(b.id, 6), (a.id, 3)]
+    assert step_status_counts(session) == {"pending": 0, "processing": 0, "done": 6, "failed": 0}
+    assert [s.step for s in list_steps(session, a.id)] == [0, 1, 2, 3]
+    assert [s.step for s in list_steps(session, b.id, status="done", limit=1)] == [5]
+
+
+def test_step_arriving_after_a_later_step_was_processed_is_failed(session: Session) -> None:
+    run, _ = get_or_create_run(session, "r", 4)
+    ingest_step(session, run, 0, b"0", 1)
+    ingest_step(session, run, 2, b"2", 1)
+    assert [process(session).step for _ in range(2)] == [0, 2]  # type: ignore[union-attr]
+    ingest_step(session, run, 1, b"1", 1)
+    ingest_step(session, run, 3, b"3", 1)
+    row = process(session)
+    assert row is not None and row.step == 3
+    late = get_step(session, run.id, 1)
+    assert late is not None and late.status == "failed" and late.error == "arrived after step 2 was processed"
+    fresh = get_run(session, run.id)
+    assert fresh is not None and fresh.steps_processed == 3 and fresh.steps_received == 4
+
+
+def test_concurrent_claimers_never_share_a_step_and_keep_run_order(engine: Engine) -> None:
+    factory = session_factory(engine)
+    n_runs, n_steps = 3, 8
+    with factory() as s:
+        run_ids = [get_or_create_run(s, f"run{i}", 4)[0].id for i in range(n_runs)]
+        for step in range(n_steps):
+            for run_id in run_ids:
+                ingest_step(s, run_id, step, f"{run_id}:{step}".encode(), 1)
+    total = n_runs * n_steps
+    lock = threading.Lock()
+    active: set[int] = set()
+    claimed: list[tuple[int, int]] = []
+    processed: dict[int, list[int]] = {run_id: [] for run_id in run_ids}
+    errors: list[BaseException] = []
+
+    def worker(name: str) -> None:
+        deadline = time.monotonic() + 40
+        try:
+            with factory() as s:
+                while time.monotonic() < deadline:
+                    row = claim_next_step(s, name)
+                    if row is None:
+                        with lock:
+                            if len(claimed) == total:
+                                return
+                        time.sleep(0.002)
+                        continue
+                    with lock:
+                        if row.run_id in active:
+                            raise AssertionError(f"two steps of run {row.run_id} processed at once")
+                        active.add(row.run_id)
+                        claimed.append((row.run_id, row.step))
+                    time.sleep(0.003)
+                    with lock:  # released before the commit: the DB still says 'processing'
+                        active.discard(row.run_id)
+                        processed[row.run_id].append(row.step)
+                    complete_step(s, row, {"x": float(row.step)}, [], None, {}, b"")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(claimed) == total and len(set(claimed)) == total
+    assert all(steps == list(range(n_steps)) for steps in processed.values())
+    with factory() as s:
+        assert all(r.steps_processed == n_steps for r in list_runs(s))
+
+
+def test_postgres_claim_skips_locked_rows(engine: Engine, database_url: str) -> None:
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SKIP LOCKED is PostgreSQL's; SQLite serialises claims on its write lock")
+    factory = session_factory(engine)
+    with factory() as s:
+        a, _ = get_or_create_run(s, "a", 4)
+        b, _ = get_or_create_run(s, "b", 4)
+        ingest_step(s, a, 0, b"a0", 1)
+        ingest_step(s, b, 0, b"b0", 1)
+    with factory() as holder, factory() as claimer:
+        holder.execute(select(Step).where(Step.run_id == a.id).with_for_update())  # another replica's lock
+        t0 = time.monotonic()
+        row = claim_next_step(claimer, "w")
+        assert row is not None and row.run_id == b.id and time.monotonic() - t0 < 5
+        holder.rollback()
+
+
+def test_stale_claims_are_reclaimed_and_the_dead_worker_is_fenced_off(engine: Engine, session: Session) -> None:
+    run, _ = get_or_create_run(session, "r", 4)
+    ingest_step(session, run, 0, b"0", 1)
+    with session_factory(engine)() as dead_session:  # the dead worker had its own session
+        dead = claim_next_step(dead_session, "dead")
+    assert dead is not None
+    assert claim_next_step(session, "alive", stale_after_s=3600) is None
+    alive = claim_next_step(session, "alive", stale_after_s=0)
+    assert alive is not None and alive.step == 0 and alive.claimed_by == "alive" and alive.attempts == 2
+    before = counts(session)
+    with pytest.raises(LostClaim):
+        complete_step(session, dead, {"x": 1.0}, [{"index": 0, "div": 1.0}], None, {}, b"")
+    assert not fail_step(session, dead, "boom")
+    assert counts(session) == before
+    complete_step(session, alive, {"x": 1.0}, [{"index": 0, "div": 1.0}], None, {}, b"")
+    assert get_step(session, run.id, 0).status == "done"  # type: ignore[union-attr]
+    # a step whose worker keeps dying is given up after max_attempts claims
+    ingest_step(session, run, 1, b"1", 1)
+    for _ in range(3):
+        assert claim_next_step(session, "dies", stale_after_s=0, max_attempts=3) is not None
+    assert claim_next_step(session, "dies", stale_after_s=0, max_attempts=3) is None
+    poison = get_step(session, run.id, 1)
+    assert poison is not None and poison.status == "failed" and "gave up after 3 claims" in (poison.error or "")
+
+
+def test_fail_step_marks_failed_and_the_run_continues(session: Session) -> None:
+    run, _ = get_or_create_run(session, "r", 4)
+    ingest_step(session, run, 0, b"0", 1)
+    ingest_step(session, run, 1, b"1", 1)
+    row = claim_next_step(session, "w")
+    assert row is not None and fail_step(session, row, "ValueError: bad latents")
+    assert row.status == "failed" and row.error == "ValueError: bad latents"
+    assert process(session).step == 1  # type: ignore[union-attr]
+
+
+# ---------------------------------------------------------------------------------------------- results
+def test_complete_step_is_atomic(session: Session) -> None:
+    run, _ = get_or_create_run(session, "r", 4)
+    ingest_step(session, run, 0, b"0", 3)
+    row = claim_next_step(session, "w")
+    assert row is not None
+    before = counts(session)
+    samples = [{"index": i, "div": float(i)} for i in range(3)]
+    bad_alert = {"type": "PHASE_TRANSITION", "scalars": {"C": object()}, "reasons": [], "top_samples": []}
+    with pytest.raises(TypeError, match="JSON column"):
+        complete_step(session, row, {"C": 1.0}, samples, bad_alert, {"v": 1}, b"t", D0=2.0)
+    assert counts(session) == before
+    assert get_step(session, run.id, 0).status == "processing"  # type: ignore[union-attr]
+    assert get_run(session, run.id).steps_processed == 0  # type: ignore[union-attr]
+    assert load_run_state(session, run.id) is None
+    good_alert = dict(bad_alert, scalars={"C": 0.1, "H": math.inf}, recommendation="look")
+    meta = {"v": 1, "stats": [math.nan, -math.inf]}
+    complete_step(session, row, {"C": 1.0}, samples, good_alert, meta, b"t", D0=2.0)
+    after = counts(session)
+    assert (after["step_samples"], after["alerts"], after["run_states"]) == (3, 1, 1)
+    fresh = get_run(session, run.id)
+    assert fresh is not None and fresh.steps_processed == 1 and fresh.D0 == 2.0
+    state = load_run_state(session, run.id)
+    assert state is not None and state.meta["v"] == 1 and state.tensors == b"t"
+    assert math.isnan(state.meta["stats"][0]) and state.meta["stats"][1] == -math.inf
+    assert state.last_processed_step == 0
+    assert list_alerts(session)[0].scalars == {"C": 0.1, "H": None}
+
+
+def test_metrics_downsampling_keeps_first_last_and_even_ranks(session: Session) -> None:
+    run, _ = get_or_create_run(session, "r", 4)
+    add_done_steps(session, run.id, list(range(10)))
+    ingest_step(session, run, 10, b"pending", 1)  # not processed: never a metrics row
+    rows = metrics(session, run.id, max_points=4)
+    assert [r["step"] for r in rows] == [0, 3, 6, 9]
+    assert rows[1]["scalars"] == {"x": 3.0, "y": -3.0}
+    rows = metrics(session, run.id, names=["x", "missing"], start=2, end=8, max_points=3)
+    assert rows == [
+        {"step": 2, "scalars": {"x": 2.0, "missing": None}},
+        {"step": 5, "scalars": {"x": 5.0, "missing": None}},
+        {"step": 8, "scalars": {"x": 8.0, "missing": None}},
+    ]
+    assert [r["step"] for r in metrics(session, run.id, max_points=100)] == list(range(10))
+    with pytest.raises(ValueError, match="max_points"):
+        metrics(session, run.id, max_points=1)
+
+
+def test_step_samples_are_ordered_by_absolute_divergence(session: Session) -> None:
+    run, _ = get_or_create_run(session, "r", 4)
+    ingest_step(session, run, 0, b"0", 5)
+    row = claim_next_step(session, "w")
+    assert row is not None
+    divs = [0.1, -3.0, 2.0, math.nan, -0.5]
+    samples = [
+        {"index": i, "div": d, "sample_id": f"s{i}", "reward": 0.5 * i, "text": f"t{i}"} for i, d in enumerate(divs)
+    ]
+    complete_step(session, row, {}, samples, None, {}, b"")
+    ordered = step_samples(session, run.id, 0)
+    assert [s.index for s in ordered] == [1, 2, 4, 0, 3]
+    assert ordered[0].div == -3.0 and ordered[0].sample_id == "s1" and ordered[0].text == "t1"
+    assert ordered[-1].div is None and ordered[0].reward == 0.5
+    assert [s.index for s in step_samples(session, run.id, 0, limit=2)] == [1, 2]
+    assert [s.index for s in step_samples(session, run.id, 0, order="index")] == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="order"):
+        step_samples(session, run.id, 0, order="reward")
+
+
+def _raise_alert(session: Session, run_id: int, step: int, alert_type: str) -> None:
+    ingest_step(session, run_id, step, f"{run_id}:{step}".encode(), 1)
+    row = claim_next_step(session, "w")
+    assert row is not None and row.step == step
+    alert = {
+        "type": alert_type,
+        "step": step,
+        "scalars": {"C": 0.1},
+        "reasons": ("C low",),
+        "top_samples": ({"index": 0, "div": -2.0, "sample_id": None, "text": "x", "reward": 1.0},),
+        "recommendation": "review",
+    }
+    complete_step(session, row, {"C": 0.1}, [], alert, {}, b"")
+
+
+def test_alert_filters_and_reviews(session: Session) -> None:
+    a, _ = get_or_create_run(session, "a", 4)
+    b, _ = get_or_create_run(session, "b", 4)
+    _raise_alert(session, a.id, 0, "PHASE_TRANSITION")
+    _raise_alert(session, a.id, 1, "POTENTIAL_REWARD_HACKING")
+    _raise_alert(session, b.id, 0, "PHASE_TRANSITION")
+    assert len(list_alerts(session)) == 3
+    assert [x.step for x in list_alerts(session, run_id=a.id)] == [1, 0]
+    hacking = list_alerts(session, type="POTENTIAL_REWARD_HACKING")
+    assert len(hacking) == 1 and hacking[0].run_id == a.id and hacking[0].reasons == ["C low"]
+    assert hacking[0].top_samples[0]["text"] == "x"
+    assert len(list_alerts(session, limit=1, offset=2)) == 1
+    alert_id = hacking[0].id
+    before = counts(session)
+    with pytest.raises(ValueError, match="decision must be one of"):
+        review_alert(session, alert_id, "ignored", "ann")
+    with pytest.raises(ValueError, match="reviewer"):
+        review_alert(session, alert_id, "confirmed", "")
+    with pytest.raises(NotFound):
+        review_alert(session, 999_999, "confirmed", "ann")
+    with pytest.raises(ValueError, match="status must be one of"):
+        list_alerts(session, status="closed")
+    assert counts(session) == before
+    reviewed = review_alert(session, alert_id, "confirmed", "ann", note="reward exploit")
+    assert reviewed.status == "confirmed"
+    assert [x.id for x in list_alerts(session, status="confirmed")] == [alert_id]
+    assert len(list_alerts(session, status="open", run_id=a.id)) == 1
+    review_alert(session, alert_id, "dismissed", "bob")
+    fetched = get_alert(session, alert_id)
+    assert fetched is not None and fetched.status == "dismissed"
+    reviews = list_reviews(session, alert_id)
+    assert [(r.decision, r.reviewer, r.note) for r in reviews] == [
+        ("confirmed", "ann", "reward exploit"),
+        ("dismissed", "bob", None),
+    ]
+    assert get_alert(session, 999_999) is None
+
+
+# ---------------------------------------------------------------------------------------------- retention
+def test_purge_payloads_keeps_the_last_steps_and_duplicate_detection(session: Session) -> None:
+    run, _ = get_or_create_run(session, "r", 4)
+    other, _ = get_or_create_run(session, "other", 4)
+    add_done_steps(session, run.id, list(range(5)))
+    add_done_steps(session, other.id, [0])
+    ingest_step(session, run, 5, b"pending", 1)
+    assert purge_payloads(session, keep_last_steps=2) == 3
+    payloads = {s: get_step(session, run.id, s).payload for s in range(6)}  # type: ignore[union-attr]
+    kept = {s: f"{run.id}:{s}".encode() for s in (3, 4)}
+    assert payloads == {0: None, 1: None, 2: None, **kept, 5: b"pending"}
+    assert get_step(session, other.id, 0).payload is not None  # type: ignore[union-attr]
+    assert purge_payloads(session, keep_last_steps=2) == 0
+    assert ingest_step(session, run, 0, f"{run.id}:0".encode(), 1) == "duplicate"
+    with pytest.raises(StepConflict):
+        ingest_step(session, run, 0, b"changed", 1)
+    assert metrics(session, run.id)[0]["scalars"]["x"] == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- run state
+def _batches(steps: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(3)
+    basis = torch.randn(4, 16, generator=gen)
+    out = []
+    for step in range(steps):
+        z = torch.randn(64, 4, generator=gen) @ basis + 0.3 * torch.randn(64, 16, generator=gen)
+        out.append((step, z, 0.1 * torch.randn(64, generator=gen)))
+    return out
+
+
+def _work_one(session: Session, monitor: RLHFMonitor | None) -> tuple[RLHFMonitor, dict[str, float]]:
+    """A minimal compute worker: claim, restore the state from the DB, observe, write back."""
+    row = claim_next_step(session, "worker")
+    assert row is not None and row.payload is not None
+    if monitor is None:
+        stored = load_run_state(session, row.run_id)
+        monitor = (
+            RLHFMonitor(MonitorConfig(warmup_steps=3))
+            if stored is None
+            else RLHFMonitor.from_state_dict(decode_state(stored.meta, stored.tensors))
+        )
+    payload = decode_step(row.payload)
+    report = monitor.observe(payload.step, payload.latents, rewards=payload.rewards, texts=payload.texts)
+    samples = [
+        {"index": i, "div": float(d), "text": payload.texts[i] if payload.texts else None}
+        for i, d in enumerate(report.div.tolist())
+    ]
+    meta, blob = encode_state(monitor.state_dict())
+    alert = report.alert.to_dict() if report.alert else None
+    complete_step(session, row, report.scalars, samples, alert, meta, blob, D0=monitor.D0)
+    return monitor, report.scalars
+
+
+def test_run_state_round_trip_continues_a_real_monitor_identically(engine: Engine, database_url: str) -> None:
+    batches = _batches(9)
+    reference = RLHFMonitor(MonitorConfig(warmup_steps=3))
+    expected = [reference.observe(step, z, rewards=r).scalars for step, z, r in batches]
+    factory = session_factory(engine)
+    with factory() as s:
+        run, _ = get_or_create_run(s, "real", 16)
+        for step, z, r in batches:
+            texts = [f"answer {i}" for i in range(64)]
+            payload = encode_step(StepPayload(step=step, latents=z, rewards=r, texts=texts))
+            ingest_step(s, run, step, payload, 64)
+        monitor = None
+        got = []
+        for _ in range(5):
+            monitor, scalars = _work_one(s, monitor)
+            got.append(scalars)
+    # a "restarted replica": a new engine, the state read back from the database at every step
+    second = make_engine(database_url)
+    try:
+        with session_factory(second)() as s:
+            for _ in range(4):
+                _, scalars = _work_one(s, None)
+                got.append(scalars)
+            assert claim_next_step(s, "worker") is None
+            stored_run = get_run(s, run.id)
+            assert stored_run is not None and stored_run.steps_processed == 9
+            assert pytest.approx(reference.D0) == stored_run.D0
+            assert len(step_samples(s, run.id, 8, limit=1000)) == 64
+    finally:
+        second.dispose()
+    for want, have in zip(expected, got, strict=True):
+        assert have == pytest.approx(want, nan_ok=True)
+
+
+def test_state_codec_round_trips_non_finite_floats() -> None:
+    state: dict[str, Any] = {
+        "meta": {"a": [math.nan, math.inf, -math.inf, 1.5], "b": {"c": (1, 2)}, "d": None},
+        "tensors": {"t": torch.arange(6.0).reshape(2, 3)},
+    }
+    meta, blob = encode_state(state)
+    assert meta["a"][0] == {"$float": "nan"}
+    back = decode_state(meta, blob)
+    assert math.isnan(back["meta"]["a"][0]) and back["meta"]["a"][1:] == [math.inf, -math.inf, 1.5]
+    assert back["meta"]["b"] == {"c": [1, 2]}
+    torch.testing.assert_close(back["tensors"]["t"], state["tensors"]["t"])
