@@ -7,6 +7,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+#: largest id / step number the database stores (a 32-bit signed INTEGER column on PostgreSQL)
+MAX_DB_INT = 2_147_483_647
+
 
 class RunCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200, description="Unique run name; the same name returns it")

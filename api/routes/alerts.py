@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Path, Query, status
 
 import storage
 from storage import Alert
 
 from ..deps import ReadAuth, SessionDep, WriteAuth
-from ..schemas import AlertList, AlertOut, Problem, ReviewIn, ReviewOut
+from ..schemas import MAX_DB_INT, AlertList, AlertOut, Problem, ReviewIn, ReviewOut
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
+
+AlertId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="The alert's id")]
 
 
 def alert_out(session: SessionDep, alert: Alert, with_reviews: bool = False) -> AlertOut:
@@ -42,7 +44,7 @@ def alert_out(session: SessionDep, alert: Alert, with_reviews: bool = False) -> 
 @router.get("", response_model=AlertList, dependencies=[ReadAuth])
 def list_alerts(
     session: SessionDep,
-    run_id: int | None = None,
+    run_id: Annotated[int | None, Query(ge=1, le=MAX_DB_INT)] = None,
     status_: Annotated[str | None, Query(alias="status", pattern="^(open|acknowledged|confirmed|dismissed)$")] = None,
     type_: Annotated[str | None, Query(alias="type", max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
@@ -61,14 +63,14 @@ def _get_or_404(session: SessionDep, alert_id: int) -> Alert:
 
 
 @router.get("/{alert_id}", response_model=AlertOut, dependencies=[ReadAuth], responses={404: {"model": Problem}})
-def get_alert(alert_id: int, session: SessionDep) -> AlertOut:
+def get_alert(alert_id: AlertId, session: SessionDep) -> AlertOut:
     return alert_out(session, _get_or_404(session, alert_id), with_reviews=True)
 
 
 @router.post(
     "/{alert_id}/review", response_model=AlertOut, dependencies=[WriteAuth], responses={404: {"model": Problem}}
 )
-def review_alert(alert_id: int, body: ReviewIn, session: SessionDep) -> AlertOut:
+def review_alert(alert_id: AlertId, body: ReviewIn, session: SessionDep) -> AlertOut:
     """Record a reviewer's decision; the alert's status becomes the decision."""
     _get_or_404(session, alert_id)
     try:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response, status
+from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
 import storage
 from storage import Run
 
 from ..deps import ReadAuth, SessionDep, WriteAuth
-from ..schemas import MetricRow, MetricRows, Problem, RunCreate, RunList, RunOut, SampleList, SampleOut
+from ..schemas import MAX_DB_INT, MetricRow, MetricRows, Problem, RunCreate, RunList, RunOut, SampleList, SampleOut
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
+
+RunId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="The run's id")]
+StepNo = Annotated[int, Path(ge=0, le=MAX_DB_INT, description="Training step")]
+StepBound = Annotated[int | None, Query(ge=0, le=MAX_DB_INT)]
 
 
 def run_out(run: Run) -> RunOut:
@@ -66,7 +70,7 @@ def list_runs(
 
 
 @router.get("/{run_id}", response_model=RunOut, dependencies=[ReadAuth], responses={404: {"model": Problem}})
-def get_run(run_id: int, session: SessionDep) -> RunOut:
+def get_run(run_id: RunId, session: SessionDep) -> RunOut:
     return run_out(get_run_or_404(session, run_id))
 
 
@@ -74,11 +78,11 @@ def get_run(run_id: int, session: SessionDep) -> RunOut:
     "/{run_id}/metrics", response_model=MetricRows, dependencies=[ReadAuth], responses={404: {"model": Problem}}
 )
 def get_metrics(
-    run_id: int,
+    run_id: RunId,
     session: SessionDep,
     names: Annotated[str | None, Query(description="Comma-separated scalar names, e.g. C,S_dot")] = None,
-    start: int | None = None,
-    end: int | None = None,
+    start: StepBound = None,
+    end: StepBound = None,
     max_points: Annotated[int, Query(ge=2, le=100_000)] = 1000,
 ) -> MetricRows:
     """One row per processed step in [start, end], decimated to at most max_points (first and last kept)."""
@@ -95,8 +99,8 @@ def get_metrics(
     responses={404: {"model": Problem}},
 )
 def get_samples(
-    run_id: int,
-    step: int,
+    run_id: RunId,
+    step: StepNo,
     session: SessionDep,
     order: Annotated[str, Query(pattern="^(div|index)$")] = "div",
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,

@@ -11,8 +11,8 @@ import storage
 from monitor.stepfile import decode_step
 
 from ..deps import ServicesDep, SessionDep, WriteAuth
-from ..schemas import Problem, StepAccepted
-from .runs import get_run_or_404
+from ..schemas import MAX_DB_INT, Problem, StepAccepted
+from .runs import RunId, get_run_or_404
 
 router = APIRouter(prefix="/v1/runs", tags=["steps"])
 
@@ -58,7 +58,7 @@ async def read_body_limited(request: Request, limit: int) -> bytes:
     },
 )
 async def ingest_step(
-    run_id: int, request: Request, response: Response, services: ServicesDep, session: SessionDep
+    run_id: RunId, request: Request, response: Response, services: ServicesDep, session: SessionDep
 ) -> StepAccepted:
     """Validate and store one step; a worker computes its observables (202, queued)."""
     started = time.perf_counter()
@@ -79,8 +79,8 @@ async def ingest_step(
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
     n, d = payload.latents.shape
     problems = []
-    if payload.step < 0:
-        problems.append(f"step must be >= 0, got {payload.step}")
+    if not 0 <= payload.step <= MAX_DB_INT:
+        problems.append(f"step must be between 0 and {MAX_DB_INT}, got {payload.step}")
     if d != run.latent_dim:
         problems.append(f"latents have d={d}, but run {run_id} was created with latent_dim={run.latent_dim}")
     if n < 2:
