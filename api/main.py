@@ -14,7 +14,7 @@ from .deps import Services
 from .metrics import Metrics
 from .routes import alerts, health, runs, steps
 from .settings import Settings
-from .worker import StepProcessor, WorkerThread, resolve_device
+from .worker import StepProcessor, WorkerProcess, WorkerThread, resolve_device
 
 log = logging.getLogger("fpmon.api")
 
@@ -32,20 +32,25 @@ def create_app(settings: Settings | None = None, start_workers: bool = True) -> 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        workers: list[WorkerThread] = []
-        if start_workers:
+        workers: list[WorkerThread | WorkerProcess] = []
+        if start_workers and settings.worker_mode == "process":
+            resolve_device(settings.device)  # fail here, not in the children
+            for _ in range(settings.workers):
+                child = WorkerProcess(settings.model_dump(mode="json"))
+                child.start()
+                workers.append(child)
+        elif start_workers:
             device = resolve_device(settings.device)
             for _ in range(settings.workers):
                 processor = StepProcessor(
                     services.sessions,
-                    services.metrics,
                     device,
                     claim_stale_s=settings.claim_stale_s,
                     retention_steps=settings.retention_steps,
                 )
-                worker = WorkerThread(processor, settings.worker_poll_s)
-                worker.start()
-                workers.append(worker)
+                thread = WorkerThread(processor, settings.worker_poll_s)
+                thread.start()
+                workers.append(thread)
         app.state.workers = workers
         try:
             yield
@@ -62,6 +67,9 @@ def create_app(settings: Settings | None = None, start_workers: bool = True) -> 
     )
     app.state.services = services
     app.state.workers = []
+    services.metrics.watch_database(
+        services.sessions, lambda: sum(1 for w in getattr(app.state, "workers", []) if w.is_ready())
+    )
     for module in (runs, steps, alerts, health):
         app.include_router(module.router)
     return app

@@ -1,15 +1,37 @@
-"""Prometheus metrics of one app instance (own registry, so several apps can live in one process)."""
+"""Prometheus metrics (names prefixed ``fpmon_``, base units, counters end in ``_total``).
+
+Two sources, one registry per app (so several apps can live in one process, e.g. in tests):
+
+* this process's HTTP side: payloads accepted, duplicates, rejections, ingest latency;
+* the database, read at scrape time (:class:`DatabaseCollector`): steps processed and failed, queue depth,
+  alerts by type, processing latency, and the latest observables per run. The compute workers run in
+  other processes (or other replicas), so the database is the one place that sees all of their work.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from storage import Alert, Run, Step
+
+log = logging.getLogger("fpmon.metrics")
+
+#: observables exported per run (their latest processed value)
+EXPORTED_OBSERVABLES = ("C", "W2_ref", "S_dot", "H", "div_q99", "reward_mean")
 
 
 @dataclass
 class Metrics:
-    """The sidecar's metrics; names are prefixed ``fpmon_``, in base units, counters end in ``_total``."""
+    """The HTTP side's metrics, plus the database collector once :meth:`watch_database` is called."""
 
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
 
@@ -18,23 +40,95 @@ class Metrics:
         self.ingested = Counter("fpmon_steps_ingested_total", "Step payloads accepted (queued)", registry=r)
         self.duplicates = Counter("fpmon_steps_duplicate_total", "Step payloads received again", registry=r)
         self.rejected = Counter("fpmon_requests_rejected_total", "Requests answered 4xx", ["reason"], registry=r)
-        self.processed = Counter("fpmon_steps_processed_total", "Steps whose observables were computed", registry=r)
-        self.failed = Counter("fpmon_steps_failed_total", "Steps whose processing failed", registry=r)
-        self.alerts = Counter("fpmon_alerts_total", "Alerts raised", ["type"], registry=r)
         self.ingest_latency = Histogram(
             "fpmon_ingest_latency_seconds",
             "Time to validate and store one step payload",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=r,
         )
-        self.processing_latency = Histogram(
+
+    def watch_database(self, sessions: Callable[[], Session], workers_alive: Callable[[], int]) -> None:
+        self.registry.register(DatabaseCollector(sessions, workers_alive))
+
+
+class DatabaseCollector(Collector):
+    """Metrics read from the database at each scrape (see the module docstring)."""
+
+    def __init__(self, sessions: Callable[[], Session], workers_alive: Callable[[], int]) -> None:
+        self.sessions = sessions
+        self.workers_alive = workers_alive
+
+    def describe(self) -> list[Metric]:
+        return []  # collected lazily: no database query at registration
+
+    def collect(self) -> Iterator[Metric]:
+        alive = GaugeMetricFamily("fpmon_workers_alive", "Compute workers of this process taking steps")
+        alive.add_metric([], self.workers_alive())
+        yield alive
+        try:
+            with self.sessions() as session:
+                yield from self._from_database(session)
+        except Exception:  # the metrics page must answer even when the database does not
+            log.exception("database metrics unavailable")
+
+    def _from_database(self, session: Session) -> Iterator[Metric]:
+        by_status = dict(session.execute(select(Step.status, func.count()).group_by(Step.status)).all())
+        processed = CounterMetricFamily("fpmon_steps_processed", "Steps whose observables were computed")
+        processed.add_metric([], by_status.get("done", 0))
+        yield processed
+        failed = CounterMetricFamily("fpmon_steps_failed", "Steps whose processing failed")
+        failed.add_metric([], by_status.get("failed", 0))
+        yield failed
+        depth = GaugeMetricFamily("fpmon_queue_depth", "Steps received and not processed yet")
+        depth.add_metric([], by_status.get("pending", 0) + by_status.get("processing", 0))
+        yield depth
+        alerts = CounterMetricFamily("fpmon_alerts", "Alerts raised", labels=["type"])
+        for alert_type, count in session.execute(select(Alert.type, func.count()).group_by(Alert.type)):
+            alerts.add_metric([alert_type], count)
+        yield alerts
+        yield self._latency(session)
+        yield self._observables(session)
+
+    @staticmethod
+    def _latency(session: Session) -> Metric:
+        rows = session.execute(
+            select(Step.claimed_at, Step.processed_at)
+            .where(Step.status == "done", Step.claimed_at.is_not(None))
+            .order_by(Step.id.desc())
+            .limit(200)
+        ).all()
+        durations = sorted((done - claimed).total_seconds() for claimed, done in rows if done and claimed)
+        family = GaugeMetricFamily(
             "fpmon_processing_latency_seconds",
-            "Time to compute and store one step's observables",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
-            registry=r,
+            "Claim-to-done time of the last 200 processed steps, by quantile",
+            labels=["quantile"],
         )
-        self.queue_depth = Gauge("fpmon_queue_depth", "Steps received but not processed yet", registry=r)
-        self.observable = Gauge(
-            "fpmon_observable", "Latest value of an observable per run", ["run", "name"], registry=r
+        if durations:
+            for q in (0.5, 0.9, 0.99):
+                family.add_metric([str(q)], durations[min(len(durations) - 1, int(q * len(durations)))])
+        return family
+
+    @staticmethod
+    def _observables(session: Session) -> Metric:
+        family = GaugeMetricFamily(
+            "fpmon_observable", "Latest processed value of an observable, per run", labels=["run", "name"]
         )
-        self.workers_alive = Gauge("fpmon_workers_alive", "Compute worker threads alive", registry=r)
+        latest = (
+            select(Step.run_id, func.max(Step.step).label("step"))
+            .where(Step.status == "done")
+            .group_by(Step.run_id)
+            .subquery()
+        )
+        stmt: Any = (
+            select(Run.name, Step.scalars)
+            .join(latest, (Step.run_id == latest.c.run_id) & (Step.step == latest.c.step))
+            .join(Run, Run.id == Step.run_id)
+            .order_by(Run.id)
+            .limit(500)
+        )
+        for run_name, scalars in session.execute(stmt):
+            for name in EXPORTED_OBSERVABLES:
+                value = (scalars or {}).get(name)
+                if value is not None:
+                    family.add_metric([run_name, name], float(value))
+        return family

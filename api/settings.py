@@ -21,7 +21,13 @@ class Settings(BaseSettings):
         read_tokens: bearer tokens allowed to read only.
         max_body_bytes: largest accepted step payload.
         max_n: most samples per step; max_d: largest latent dimension.
-        workers: compute threads in this process (each claims pending steps from the database).
+        workers: compute workers (each claims pending steps from the database).
+        worker_mode: ``process`` (default: each worker is a child process, so computing never holds the
+            HTTP server's GIL; children die with the server) or ``thread`` (inside the server process).
+        worker_threads: torch CPU threads per worker process (None: torch's default, all cores). One
+            by default: the per-step kernels are small, and OpenMP threads spinning against the HTTP
+            server and the database on a small machine cost more than they give (measured in
+            benchmarks/bench_sidecar.py).
         worker_poll_s: how often an idle worker looks for pending steps.
         claim_stale_s: a step claimed longer ago than this by a worker that died is claimed again.
         retention_steps: keep the raw latents of only the last N processed steps per run (None: all).
@@ -39,6 +45,8 @@ class Settings(BaseSettings):
     max_n: int = 8192
     max_d: int = 8192
     workers: int = 1
+    worker_mode: Literal["process", "thread"] = "process"
+    worker_threads: int | None = 1
     worker_poll_s: float = 0.05
     claim_stale_s: float = 300.0
     retention_steps: int | None = None

@@ -8,7 +8,11 @@ the last completed step, with identical observables.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import multiprocessing
+import os
+import signal
 import threading
 import time
 import uuid
@@ -32,8 +36,6 @@ from storage import (
     load_run_state,
     purge_payloads,
 )
-
-from .metrics import Metrics
 
 log = logging.getLogger("fpmon.worker")
 
@@ -59,14 +61,12 @@ class StepProcessor:
     def __init__(
         self,
         sessions: Callable[[], Session],
-        metrics: Metrics,
         device: torch.device,
         claim_stale_s: float = 300.0,
         retention_steps: int | None = None,
         worker_id: str | None = None,
     ) -> None:
         self.sessions = sessions
-        self.metrics = metrics
         self.device = device
         self.claim_stale_s = claim_stale_s
         self.retention_steps = retention_steps
@@ -88,10 +88,8 @@ class StepProcessor:
                 log.exception("step %s of run %s failed", row.step, row.run_id)
                 session.rollback()
                 fail_step(session, row, f"{type(exc).__name__}: {exc}")
-                self.metrics.failed.inc()
                 return True
-            self.metrics.processed.inc()
-            self.metrics.processing_latency.observe(time.perf_counter() - started)
+            log.debug("step %s of run %s in %.1f ms", row.step, row.run_id, 1e3 * (time.perf_counter() - started))
             if self.retention_steps is not None:
                 purge_payloads(session, self.retention_steps)
         return True
@@ -131,12 +129,6 @@ class StepProcessor:
         complete_step(
             session, row, report.scalars, samples, alert, meta, tensors, D0=monitor.D0, rescaled=report.recalibrated
         )
-        if alert is not None:
-            self.metrics.alerts.labels(type=alert["type"]).inc()
-        for name in ("C", "W2_ref", "S_dot", "reward_mean"):
-            value = report.scalars.get(name)
-            if value is not None:
-                self.metrics.observable.labels(run=run.name, name=name).set(value)
 
 
 class WorkerThread(threading.Thread):
@@ -161,6 +153,87 @@ class WorkerThread(threading.Thread):
             if not busy:
                 self.stop_event.wait(self.poll_s)
 
+    def is_ready(self) -> bool:
+        return self.is_alive()
+
     def stop(self, timeout: float = 10.0) -> None:
         self.stop_event.set()
         self.join(timeout)
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel SIGKILLs this process when its parent dies (even by SIGKILL)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: the parent-pid check in the loop covers it
+        pass
+
+
+def worker_process_main(settings_data: dict[str, Any], parent_pid: int, ready: Any = None) -> None:
+    """Entry point of a compute worker process (``fpmon serve`` starts ``FPMON_WORKERS`` of them)."""
+    from storage import make_engine, session_factory
+
+    from .settings import Settings
+
+    _die_with_parent()
+    settings = Settings(**settings_data)
+    if settings.worker_threads is not None:
+        torch.set_num_threads(settings.worker_threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    engine = make_engine(settings.database_url)
+    processor = StepProcessor(
+        session_factory(engine),
+        resolve_device(settings.device),
+        claim_stale_s=settings.claim_stale_s,
+        retention_steps=settings.retention_steps,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with processor.sessions() as session:  # connect once before declaring readiness
+        session.connection()
+    if ready is not None:
+        ready.set()
+    while not stop.is_set() and os.getppid() == parent_pid:
+        try:
+            busy = processor.process_one()
+        except Exception:  # database down for a moment: log, back off, keep going
+            log.exception("worker loop error")
+            busy = False
+            stop.wait(1.0)
+        if not busy:
+            stop.wait(settings.worker_poll_s)
+    engine.dispose()
+
+
+class WorkerProcess:
+    """A compute worker in its own process (no GIL shared with the HTTP server); dies with its parent."""
+
+    def __init__(self, settings_data: dict[str, Any]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.ready_event = ctx.Event()
+        self.process = ctx.Process(
+            target=worker_process_main,
+            args=(settings_data, os.getpid(), self.ready_event),
+            name="fpmon-worker",
+            daemon=True,
+        )
+
+    def start(self) -> None:
+        self.process.start()
+
+    def is_alive(self) -> bool:
+        return self.process.is_alive()
+
+    def is_ready(self) -> bool:
+        """Alive, imported and connected to the database: it is taking steps."""
+        return self.process.is_alive() and self.ready_event.is_set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process.is_alive():
+            self.process.terminate()  # SIGTERM: the worker finishes its step and exits
+            self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join(timeout)

@@ -316,9 +316,7 @@ def measure_peak_subprocess(n: int, d: int, which: str, baseline_prev: str) -> d
         return None
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-5:]
-        Console(stderr=True).print(
-            f"[red]peak-memory child {which} {n}x{d} failed:[/red] " + " | ".join(tail)
-        )
+        Console(stderr=True).print(f"[red]peak-memory child {which} {n}x{d} failed:[/red] " + " | ".join(tail))
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -487,9 +485,7 @@ def print_table(rows: list[dict[str, Any]], env: dict[str, Any], console: Consol
     table.add_column("target")
     table.add_column("pass/fail")
     for r in rows:
-        verdict = (
-            "—" if r["passed"] is None else ("[green]pass[/green]" if r["passed"] else "[red]FAIL[/red]")
-        )
+        verdict = "—" if r["passed"] is None else ("[green]pass[/green]" if r["passed"] else "[red]FAIL[/red]")
         table.add_row(
             str(r["n"]),
             str(r["d"]),
@@ -519,11 +515,7 @@ def print_table(rows: list[dict[str, Any]], env: dict[str, Any], console: Consol
         console.print(
             ("[yellow]" if busy else "")
             + f"1-min load average: {start:.1f} at start, {end:.1f} at end, on {env['cpu_cores']} cores"
-            + (
-                "; shared machine busy: absolute timings are inflated, compare the speed-ups[/yellow]"
-                if busy
-                else ""
-            )
+            + ("; shared machine busy: absolute timings are inflated, compare the speed-ups[/yellow]" if busy else "")
         )
     for r in rows:
         p = r["baseline_parts_ms"]

@@ -155,9 +155,7 @@ def limit_velocity(ou: OU, x: np.ndarray, t: float, steps: Sequence[float], dt_e
     N(m_t, Σ_t) back to the moments of the pooled mixture, as a displacement over dt_eff."""
     means = np.stack([ou.mean(s) for s in steps])
     mix_mean = means.mean(axis=0)
-    mix_cov = np.diag(np.mean([ou.var(s) for s in steps], axis=0)) + np.cov(means.T, bias=True).reshape(
-        ou.k, ou.k
-    )
+    mix_cov = np.diag(np.mean([ou.var(s) for s in steps], axis=0)) + np.cov(means.T, bias=True).reshape(ou.k, ou.k)
     s_half = np.diag(np.sqrt(ou.var(t)))
     s_inv_half = np.diag(1.0 / np.sqrt(ou.var(t)))
     a_back = s_inv_half @ _sym_sqrt(s_half @ mix_cov @ s_half) @ s_inv_half
@@ -165,9 +163,7 @@ def limit_velocity(ou: OU, x: np.ndarray, t: float, steps: Sequence[float], dt_e
     return (x - pre_image) / dt_eff
 
 
-def limit_delta(
-    ou: OU, x: np.ndarray, t: float, steps: Sequence[float], dt_eff: float, h: float
-) -> np.ndarray:
+def limit_delta(ou: OU, x: np.ndarray, t: float, steps: Sequence[float], dt_eff: float, h: float) -> np.ndarray:
     """n→∞ limit of the engine's δ: −(log ρ_h,t(x) − log mean_s ρ_h,s(x)) / dt_eff."""
     logs = np.stack([ou.log_density(x, s, h) for s in steps])
     log_prev = np.logaddexp.reduce(logs, axis=0) - math.log(len(steps))
@@ -217,9 +213,7 @@ class Batches:
 
 
 def _rel_rms(est: np.ndarray, true: np.ndarray) -> float:
-    return math.sqrt(
-        float(np.mean(np.sum((est - true) ** 2, axis=1))) / float(np.mean(np.sum(true**2, axis=1)))
-    )
+    return math.sqrt(float(np.mean(np.sum((est - true) ** 2, axis=1))) / float(np.mean(np.sum(true**2, axis=1))))
 
 
 def _rms(a: np.ndarray) -> float:
@@ -543,18 +537,13 @@ def build_tables(
     ]
     parts.append(_table(("n", "k", *VELOCITY_HEADER), rows))
 
-    parts.append(
-        f"\n#### 2. KDE quantities against n and k ({fixed}; the same for both velocity estimators)\n"
-    )
+    parts.append(f"\n#### 2. KDE quantities against n and k ({fixed}; the same for both velocity estimators)\n")
     rows = [_kde_row([str(n), str(k)], runner.summary(replace(base, n=n, k=k))) for n, k in grid]
     parts.append(_table(("n", "k", *KDE_HEADER), rows))
 
     n, k = plan.sweep_n, plan.sweep_k
     parts.append(f"\n#### 3. Bandwidth sweep (n = {n}, k = {k}, pool_window = {base.pool_window})\n")
-    rows = [
-        _kde_row([_f(c)], runner.summary(replace(base, n=n, k=k, bandwidth_factor=c)))
-        for c in plan.bandwidths
-    ]
+    rows = [_kde_row([_f(c)], runner.summary(replace(base, n=n, k=k, bandwidth_factor=c))) for c in plan.bandwidths]
     parts.append(_table(("bandwidth_factor", *KDE_HEADER), rows))
     parts.append("")
     rows = [
@@ -564,9 +553,7 @@ def build_tables(
     ]
     parts.append(_table(("bandwidth_factor", *VELOCITY_HEADER), rows))
 
-    parts.append(
-        f"\n#### 4. Pool-window sweep (n = {n}, k = {k}, bandwidth_factor = {_f(base.bandwidth_factor)})\n"
-    )
+    parts.append(f"\n#### 4. Pool-window sweep (n = {n}, k = {k}, bandwidth_factor = {_f(base.bandwidth_factor)})\n")
     header = (
         "w",
         "velocity",
@@ -588,11 +575,7 @@ def build_tables(
     )
     rows = []
     for est in ESTIMATORS:
-        s1 = (
-            runner.summary(replace(base, n=n, k=k, pool_window=1, velocity=est))
-            if 1 in plan.windows
-            else None
-        )
+        s1 = runner.summary(replace(base, n=n, k=k, pool_window=1, velocity=est)) if 1 in plan.windows else None
         for w in plan.windows:
             s = runner.summary(replace(base, n=n, k=k, pool_window=w, velocity=est))
             ratio = s["floor_v_hat_rms"] / s1["floor_v_hat_rms"] if s1 is not None else float("nan")
@@ -658,9 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--bandwidth-factor", type=float, default=None, help="base bandwidth factor (default: FPEConfig's)"
     )
-    parser.add_argument(
-        "--pool-window", type=int, default=None, help="base pool window (default: FPEConfig's)"
-    )
+    parser.add_argument("--pool-window", type=int, default=None, help="base pool window (default: FPEConfig's)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     plan = QUICK if args.quick else FULL

@@ -125,9 +125,7 @@ def print_demo(result: DemoResult, console: Console | None = None) -> None:
         for col in ("index", "text", "δ (div)", "reward"):
             samples.add_column(col)
         for s in alert.top_samples:
-            samples.add_row(
-                str(s.index), s.text or "", f"{s.div:.3g}", "" if s.reward is None else f"{s.reward:.3g}"
-            )
+            samples.add_row(str(s.index), s.text or "", f"{s.div:.3g}", "" if s.reward is None else f"{s.reward:.3g}")
         console.print(samples)
         console.print(f"[italic]{alert.recommendation}[/]")
     console.print()

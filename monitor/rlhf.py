@@ -91,9 +91,7 @@ class MonitorConfig:
         if self.cooldown_steps < 0:
             raise ValueError(f"MonitorConfig.cooldown_steps must be >= 0, got {self.cooldown_steps}")
         if not 0 < self.cluster_min_fraction < 1:
-            raise ValueError(
-                f"MonitorConfig.cluster_min_fraction must be in (0, 1), got {self.cluster_min_fraction}"
-            )
+            raise ValueError(f"MonitorConfig.cluster_min_fraction must be in (0, 1), got {self.cluster_min_fraction}")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (nested ``fpe`` and ``detector``)."""
@@ -275,9 +273,7 @@ class RLHFMonitor:
             raise ValueError(f"dt must be a positive finite number of steps, got {dt}")
         for name, seq in (("texts", texts), ("sample_ids", sample_ids)):
             if seq is not None and len(seq) != n:
-                raise ValueError(
-                    f"{name} has {len(seq)} entries for a batch of {n} latents; pass one per sample"
-                )
+                raise ValueError(f"{name} has {len(seq)} entries for a batch of {n} latents; pass one per sample")
         if self.projection is None:
             self.set_reference(z)
         assert self.projection is not None and self._x_ref is not None
@@ -377,14 +373,14 @@ class RLHFMonitor:
     def state_dict(self) -> dict[str, Any]:
         """Everything a restarted monitor needs: ``{"meta": JSON-serialisable dict, "tensors": {...}}``.
 
-        The tensors (reference and previous projected batches) suit safetensors; the meta holds the
-        config, projection, D₀, detector state, trailing windows and cool-downs. The step history and
+        The tensors (projection, reference and previous projected batches) suit safetensors; the meta
+        holds the config, D₀, detector state, trailing windows and cool-downs. The step history and
         the alerts are not part of the state (storage keeps them).
         """
         meta = {
             "version": _STATE_VERSION,
             "config": self.config.to_dict(),
-            "projection": self.projection.to_dict() if self.projection is not None else None,
+            "projection": {"explained": self.projection.explained} if self.projection is not None else None,
             "D0": self.D0,
             "calibration": [[step, asdict(parts), scalars] for step, parts, scalars in self._calibration],
             "detector": self.detector.state_dict(),
@@ -398,6 +394,10 @@ class RLHFMonitor:
         tensors: dict[str, Tensor] = {f"prev_{i}": x.detach().cpu() for i, x in enumerate(self._prev)}
         if self._x_ref is not None:
             tensors["x_ref"] = self._x_ref.detach().cpu()
+        if self.projection is not None:  # tensors, not JSON: d × k floats would dominate the meta
+            tensors["projection_mean"] = self.projection.mean.detach().cpu()
+            tensors["projection_components"] = self.projection.components.detach().cpu()
+            tensors["projection_variances"] = self.projection.variances.detach().cpu()
         return {"meta": meta, "tensors": tensors}
 
     @classmethod
@@ -405,12 +405,15 @@ class RLHFMonitor:
         """A monitor that continues exactly where the one that produced ``state`` stopped."""
         meta, tensors = state["meta"], state["tensors"]
         if meta.get("version") != _STATE_VERSION:
-            raise ValueError(
-                f"unsupported monitor state version {meta.get('version')!r}; expected {_STATE_VERSION}"
-            )
+            raise ValueError(f"unsupported monitor state version {meta.get('version')!r}; expected {_STATE_VERSION}")
         monitor = cls(MonitorConfig.from_dict(meta["config"]))
         if meta["projection"] is not None:
-            monitor.projection = Projection.from_dict(meta["projection"]).to(device)
+            monitor.projection = Projection(
+                mean=tensors["projection_mean"].to(device=device, dtype=torch.float64),
+                components=tensors["projection_components"].to(device=device, dtype=torch.float64),
+                variances=tensors["projection_variances"].to(device=device, dtype=torch.float64),
+                explained=float(meta["projection"]["explained"]),
+            )
             monitor._x_ref = tensors["x_ref"].to(device)
         monitor.D0 = meta["D0"]
         monitor._calibration = [(int(s), FlowParts(**p), dict(sc)) for s, p, sc in meta["calibration"]]
@@ -492,16 +495,9 @@ class RLHFMonitor:
             )
         if rewards is not None:
             c_val, div_max = scalars["C"], scalars["div_max"]
-            if (
-                math.isfinite(c_val)
-                and math.isfinite(div_max)
-                and c_val < cfg.C_alert
-                and div_max > cfg.div_alert
-            ):
+            if math.isfinite(c_val) and math.isfinite(div_max) and c_val < cfg.C_alert and div_max > cfg.div_alert:
                 alert_type = "POTENTIAL_REWARD_HACKING"
-                reasons.append(
-                    f"C = {c_val:.3g} < {cfg.C_alert:g} and div_max = {div_max:.3g} > {cfg.div_alert:g}"
-                )
+                reasons.append(f"C = {c_val:.3g} < {cfg.C_alert:g} and div_max = {div_max:.3g} > {cfg.div_alert:g}")
             if transition and math.isfinite(rise) and rise > cfg.reward_rise_z:
                 alert_type = "POTENTIAL_REWARD_HACKING"
                 reasons.append(f"reward_mean jumped {rise:.1f} robust s.d. above its trailing band")

@@ -106,17 +106,13 @@ def _check(p: StepPayload) -> None:
         raise ValueError(f"'latents' must be float32, float16 or bfloat16, got {p.latents.dtype}")
     n = p.latents.shape[0]
     if p.rewards is not None and tuple(p.rewards.shape) != (n,):
-        raise ValueError(
-            f"'rewards' must have shape ({n},) to match the latents, got {tuple(p.rewards.shape)}"
-        )
+        raise ValueError(f"'rewards' must have shape ({n},) to match the latents, got {tuple(p.rewards.shape)}")
     if p.lr is not None and not (math.isfinite(p.lr) and p.lr > 0):
         raise ValueError(f"'lr' must be a positive finite number, got {p.lr}")
     for name in ("sample_ids", "texts", "prompts"):
         value: Sequence[str] | None = getattr(p, name)
         if value is not None and len(value) != n:
-            raise ValueError(
-                f"metadata '{name}' has {len(value)} entries for {n} latents; pass one per sample"
-            )
+            raise ValueError(f"metadata '{name}' has {len(value)} entries for {n} latents; pass one per sample")
 
 
 def save_step(path: str | Path, payload: StepPayload) -> None:

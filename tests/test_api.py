@@ -32,7 +32,7 @@ def app_client(database_url: str) -> Iterator[tuple[TestClient, StepProcessor]]:
     settings_small = settings.model_copy(update={"max_body_bytes": 2_000_000})
     app = create_app(settings_small, start_workers=False)
     services = app.state.services
-    processor = StepProcessor(services.sessions, services.metrics, torch.device("cpu"), claim_stale_s=60)
+    processor = StepProcessor(services.sessions, torch.device("cpu"), claim_stale_s=60)
     with TestClient(app) as client:
         yield client, processor
 
@@ -106,6 +106,11 @@ def test_fifty_step_ingest_with_retries_and_out_of_order_arrival(
     metrics_text = client.get("/metrics").text
     assert "fpmon_steps_processed_total 50.0" in metrics_text
     assert "fpmon_steps_duplicate_total 50.0" in metrics_text
+    assert "fpmon_steps_ingested_total 50.0" in metrics_text
+    assert 'fpmon_alerts_total{type="POTENTIAL_REWARD_HACKING"}' in metrics_text
+    assert 'fpmon_observable{name="C",run="run-a"}' in metrics_text
+    assert "fpmon_queue_depth 0.0" in metrics_text
+    assert 'fpmon_processing_latency_seconds{quantile="0.99"}' in metrics_text
 
 
 def _bad_payloads() -> list[tuple[str, bytes, dict[str, str], int, str]]:

@@ -73,29 +73,21 @@ class OfflineDetectorConfig:
         for name, minimum in (("window", 1), ("tolerance", 0), ("min_history", 3)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ValueError(
-                    f"OfflineDetectorConfig.{name} must be an integer >= {minimum}, got {value!r}"
-                )
+                raise ValueError(f"OfflineDetectorConfig.{name} must be an integer >= {minimum}, got {value!r}")
         for name in ("drop_sigma", "spike_sigma", "plateau_tol"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not np.isfinite(value) or value <= 0:
-                raise ValueError(
-                    f"OfflineDetectorConfig.{name} must be a positive finite number, got {value!r}"
-                )
+                raise ValueError(f"OfflineDetectorConfig.{name} must be a positive finite number, got {value!r}")
 
 
-def _resolve_config(
-    config: OfflineDetectorConfig | None, overrides: Mapping[str, Any]
-) -> OfflineDetectorConfig:
+def _resolve_config(config: OfflineDetectorConfig | None, overrides: Mapping[str, Any]) -> OfflineDetectorConfig:
     cfg = config if config is not None else OfflineDetectorConfig()
     if not isinstance(cfg, OfflineDetectorConfig):
         raise TypeError(f"config must be an OfflineDetectorConfig or None, got {type(cfg).__name__}")
     valid = [f.name for f in dataclasses.fields(OfflineDetectorConfig)]
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
-        raise TypeError(
-            f"unknown detector setting(s) {unknown}; valid keyword overrides are: {', '.join(valid)}"
-        )
+        raise TypeError(f"unknown detector setting(s) {unknown}; valid keyword overrides are: {', '.join(valid)}")
     return dataclasses.replace(cfg, **overrides) if overrides else cfg
 
 
@@ -128,9 +120,7 @@ def _held_recently(flags: BoolArray, tolerance: int) -> BoolArray:
 
 def _load_history(history: Mapping[str, npt.ArrayLike], cfg: OfflineDetectorConfig) -> dict[str, FloatArray]:
     if not isinstance(history, Mapping):
-        raise TypeError(
-            f"history must be a mapping of metric name -> sequence of floats, got {type(history).__name__}"
-        )
+        raise TypeError(f"history must be a mapping of metric name -> sequence of floats, got {type(history).__name__}")
     missing = [k for k in (cfg.c_key, cfg.s_dot_key) if k not in history]
     if missing:
         raise ValueError(
@@ -145,8 +135,7 @@ def _load_history(history: Mapping[str, npt.ArrayLike], cfg: OfflineDetectorConf
     lengths = {k: v.size for k, v in series.items()}
     if len(set(lengths.values())) > 1:
         raise ValueError(
-            "history series must all have the same length (one entry per step, NaN where missing), "
-            f"got {lengths}"
+            f"history series must all have the same length (one entry per step, NaN where missing), got {lengths}"
         )
     return series
 

@@ -71,9 +71,7 @@ class StreamingConfig:
     def validate(self) -> None:
         """Raise ValueError with a hint if a setting is out of range."""
         if not isinstance(self.watch, Mapping) or not self.watch:
-            raise ValueError(
-                "StreamingConfig.watch must be a non-empty dict of name -> 'up' | 'down' | 'both'"
-            )
+            raise ValueError("StreamingConfig.watch must be a non-empty dict of name -> 'up' | 'down' | 'both'")
         for name, direction in self.watch.items():
             if not isinstance(name, str) or direction not in _DIRECTIONS:
                 raise ValueError(
@@ -93,14 +91,8 @@ class StreamingConfig:
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
                 raise ValueError(f"StreamingConfig.{name} must be a positive finite number, got {value!r}")
-        if (
-            not isinstance(self.cusum_drift, int | float)
-            or not math.isfinite(self.cusum_drift)
-            or self.cusum_drift < 0
-        ):
-            raise ValueError(
-                f"StreamingConfig.cusum_drift must be a finite number >= 0, got {self.cusum_drift!r}"
-            )
+        if not isinstance(self.cusum_drift, int | float) or not math.isfinite(self.cusum_drift) or self.cusum_drift < 0:
+            raise ValueError(f"StreamingConfig.cusum_drift must be a finite number >= 0, got {self.cusum_drift!r}")
 
 
 @dataclass(frozen=True)
@@ -218,17 +210,14 @@ class StreamingDetector:
             "config": asdict(self.config),
             "last_step": self.last_step,
             "series": {
-                name: {"past": list(s.past), "cusum_pos": s.pos, "cusum_neg": s.neg}
-                for name, s in self._series.items()
+                name: {"past": list(s.past), "cusum_pos": s.pos, "cusum_neg": s.neg} for name, s in self._series.items()
             },
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`, config included; the detector continues as the original would."""
         if state.get("version") != _STATE_VERSION:
-            raise ValueError(
-                f"unsupported detector state version {state.get('version')!r}; expected {_STATE_VERSION}"
-            )
+            raise ValueError(f"unsupported detector state version {state.get('version')!r}; expected {_STATE_VERSION}")
         try:
             cfg = StreamingConfig(**state["config"])
             entries = state["series"]
@@ -237,17 +226,13 @@ class StreamingDetector:
                 entry = entries[name]
                 past = [float(v) for v in entry["past"]]
                 if len(past) > cfg.window or not all(math.isfinite(v) for v in past):
-                    raise ValueError(
-                        f"series {name!r}: the window must hold at most {cfg.window} finite values"
-                    )
+                    raise ValueError(f"series {name!r}: the window must hold at most {cfg.window} finite values")
                 s = _Series(cfg.window)
                 s.past.extend(past)
                 s.pos, s.neg = float(entry["cusum_pos"]), float(entry["cusum_neg"])
                 series[name] = s
             last = state["last_step"]
         except (KeyError, TypeError) as exc:
-            raise ValueError(
-                f"malformed detector state ({exc!r}); pass the dict returned by state_dict()"
-            ) from exc
+            raise ValueError(f"malformed detector state ({exc!r}); pass the dict returned by state_dict()") from exc
         self.config, self._series = cfg, series
         self.last_step = None if last is None else int(last)

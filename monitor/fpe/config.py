@@ -80,8 +80,7 @@ class FPEConfig:
             raise ValueError(f"FPEConfig.velocity must be 'gaussian' or 'ot', got {self.velocity!r}")
         if self.w2_ref_method not in ("exact", "sinkhorn", "gaussian"):
             raise ValueError(
-                "FPEConfig.w2_ref_method must be 'exact', 'sinkhorn' or 'gaussian', "
-                f"got {self.w2_ref_method!r}"
+                f"FPEConfig.w2_ref_method must be 'exact', 'sinkhorn' or 'gaussian', got {self.w2_ref_method!r}"
             )
         if self.D0 != "auto" and not (isinstance(self.D0, int | float) and self.D0 > 0):
             raise ValueError(f"FPEConfig.D0 must be a positive number or 'auto', got {self.D0!r}")

@@ -94,27 +94,19 @@ def kernel_fit(x: Tensor, y: Tensor, h: float, leave_one_out: bool = False) -> K
     weights = torch.exp(logits - lse[:, None])
     origin = y[:1]
     weighted_mean = origin + weights @ (y - origin)
-    return KernelFit(
-        log_density=log_density, weights=weights, weighted_mean=weighted_mean, h=float(h), origin=origin
-    )
+    return KernelFit(log_density=log_density, weights=weights, weighted_mean=weighted_mean, h=float(h), origin=origin)
 
 
-def kde_log_density(
-    x: Tensor, y: Tensor, h: float, leave_one_out: bool = False, block_rows: int = 1024
-) -> Tensor:
+def kde_log_density(x: Tensor, y: Tensor, h: float, leave_one_out: bool = False, block_rows: int = 1024) -> Tensor:
     """log ρ̂(x_i) of the Gaussian KDE of ``y`` with bandwidth ``h``; shape (n,).
 
     Density only: the logits are reduced by logsumexp in blocks of ``block_rows`` query rows, so the peak
     memory is block_rows × m instead of n × m and no weight matrix is formed.
     """
     if not leave_one_out and x.shape[0] > block_rows:
-        return torch.cat(
-            [kde_log_density(x[i : i + block_rows], y, h) for i in range(0, x.shape[0], block_rows)]
-        )
+        return torch.cat([kde_log_density(x[i : i + block_rows], y, h) for i in range(0, x.shape[0], block_rows)])
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1]:
-        raise ValueError(
-            f"kde_log_density needs x (n×k) and y (m×k), got {tuple(x.shape)} and {tuple(y.shape)}"
-        )
+        raise ValueError(f"kde_log_density needs x (n×k) and y (m×k), got {tuple(x.shape)} and {tuple(y.shape)}")
     if leave_one_out:
         return kernel_fit(x, y, h, leave_one_out=True).log_density
     k, m = x.shape[1], y.shape[0]

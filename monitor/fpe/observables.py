@@ -261,9 +261,7 @@ def observables_from_projected(
             velocity = ot_velocity(xp, x, dt_eff, h, cfg.ot_exact_max, cfg.sinkhorn_reg)
         log_rho_prev = kde_log_density(x, xp, h)
         div = -(log_rho - log_rho_prev) / dt_eff
-        div_flow = kernel_field_divergence(fit, x, velocity) + (kernel_smooth(fit, velocity) * score).sum(
-            dim=1
-        )
+        div_flow = kernel_field_divergence(fit, x, velocity) + (kernel_smooth(fit, velocity) * score).sum(dim=1)
         v64 = velocity.to(torch.float64)
         abs_div = div.abs()
         flow = {

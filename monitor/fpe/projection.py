@@ -126,9 +126,7 @@ class Projection:
 _EXACT_EIGH_MAX = 1024
 
 
-def _top_eigenpairs(
-    centred: Tensor, k: int, iters: int = 8, oversample: int = 16
-) -> tuple[Tensor, Tensor, Tensor]:
+def _top_eigenpairs(centred: Tensor, k: int, iters: int = 8, oversample: int = 16) -> tuple[Tensor, Tensor, Tensor]:
     """Top-k eigenvalues (descending) and eigenvectors (d×k) of the covariance of ``centred`` (n×d, float64),
     and the total variance. Deterministic (fixed seed for the subspace iteration's start)."""
     n, d = centred.shape

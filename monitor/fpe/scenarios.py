@@ -259,9 +259,7 @@ def reset_escape_scenario(
     _check_common(n, d, dt, distance, k_a, k_b)
     if not crossing_sigmas > 0:
         raise ValueError(f"crossing_sigmas must be > 0, got {crossing_sigmas}")
-    cfg = (
-        config if config is not None else DynamicsConfig(eta_0=1.0, tau_eta=math.inf, tau_D=math.inf, D_0=0.3)
-    )
+    cfg = config if config is not None else DynamicsConfig(eta_0=1.0, tau_eta=math.inf, tau_D=math.inf, D_0=0.3)
     if not cfg.eta_0 * max(k_a, k_b) * dt < 1.0:
         raise ValueError(
             f"η₀·k·dt = {cfg.eta_0 * max(k_a, k_b) * dt:.3g} must be < 1 for a stable, non-oscillating chain"
@@ -274,14 +272,10 @@ def reset_escape_scenario(
     var_boost = d_boost / (theta_a * (1.0 - 0.5 * theta_a * dt))
     r = crossing_sigmas * math.sqrt(var_boost)
     if not r < distance:
-        raise ValueError(
-            f"the ridge (r={r:.3g}) must lie between the wells (distance={distance}); raise distance"
-        )
+        raise ValueError(f"the ridge (r={r:.3g}) must lie between the wells (distance={distance}); raise distance")
     depth = 0.5 * k_b * (distance - r) ** 2 - 0.5 * k_a * r * r
     if not depth > 0:
-        raise ValueError(
-            f"the b well must be the deeper one (depth={depth:.3g}); raise distance or lower k_b"
-        )
+        raise ValueError(f"the b well must be the deeper one (depth={depth:.3g}); raise distance or lower k_b")
     a, b = _wells(d, distance)
     loss = TwoWellLoss(a=a, b=b, k_a=k_a, k_b=k_b, depth=depth, t_switch=-math.inf)
     description = (

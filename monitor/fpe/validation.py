@@ -25,9 +25,7 @@ def check_latents(z: Tensor, *, name: str = "latents", dim: int | None = None, m
     if n < min_n:
         raise ValueError(f"{name} needs at least {min_n} samples, got {n}")
     if dim is not None and d != dim:
-        raise ValueError(
-            f"{name} has latent dimension {d}, expected {dim} (the projection's input dimension)"
-        )
+        raise ValueError(f"{name} has latent dimension {d}, expected {dim} (the projection's input dimension)")
     if z.dtype in (torch.float16, torch.bfloat16):
         z = z.to(torch.float32)
     if not bool(torch.isfinite(z).all()):

@@ -46,9 +46,7 @@ def ot_plan(x_prev: Tensor, x_cur: Tensor, exact_max: int, sinkhorn_reg: float) 
     return torch.as_tensor(plan_t)
 
 
-def ot_velocity(
-    x_prev: Tensor, x_cur: Tensor, dt: float, h: float, exact_max: int, sinkhorn_reg: float
-) -> Tensor:
+def ot_velocity(x_prev: Tensor, x_cur: Tensor, dt: float, h: float, exact_max: int, sinkhorn_reg: float) -> Tensor:
     """OT velocity: barycentric projection of the OT plan, then kernel smoothing of the displacements.
 
     x_prev (m×k), x_cur (n×k) → v (n×k). The raw per-point displacements carry the matching noise of

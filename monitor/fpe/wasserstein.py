@@ -31,9 +31,7 @@ def w2_exact(x: Tensor, y: Tensor, max_samples: int = 512, seed: int = 0) -> flo
     return math.sqrt(max(float(ot.emd2(a, b, cost, numItermax=10_000_000)), 0.0))
 
 
-def w2_sinkhorn_debiased(
-    x: Tensor, y: Tensor, reg: float = 0.05, max_samples: int = 2048, seed: int = 0
-) -> float:
+def w2_sinkhorn_debiased(x: Tensor, y: Tensor, reg: float = 0.05, max_samples: int = 2048, seed: int = 0) -> float:
     """√ of the debiased Sinkhorn divergence S(x, y) = OT_ε(x, y) − ½OT_ε(x, x) − ½OT_ε(y, y).
 
     ε = ``reg`` × the median squared distance between the batches; runs on the inputs' device.

@@ -56,6 +56,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_steps_run_status_step", "steps", ["run_id", "status", "step"])
     op.create_index("ix_steps_status_received", "steps", ["status", "received_at"])
+    if op.get_bind().dialect.name == "postgresql":
+        # float32 latents do not compress: skip TOAST's pglz attempt on every payload (and state blob)
+        op.execute("ALTER TABLE steps ALTER COLUMN payload SET STORAGE EXTERNAL")
     op.create_table(
         "step_samples",
         sa.Column("run_id", sa.Integer(), primary_key=True),
@@ -110,6 +113,8 @@ def upgrade() -> None:
         sa.Column("updated_at", UTCDateTime(), nullable=False),
         sa.Column("last_processed_step", sa.Integer(), nullable=True),
     )
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute("ALTER TABLE run_states ALTER COLUMN tensors SET STORAGE EXTERNAL")
 
 
 def downgrade() -> None:
