@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install demo test lint typecheck pytest bench bench-sidecar clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV_FLAGS) $(VENV)
@@ -32,8 +32,8 @@ demo: $(STAMP)
 	$(BIN)/fpmon demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check monitor tests benchmarks
-	$(BIN)/ruff format --check monitor tests benchmarks
+	$(BIN)/ruff check monitor api storage tests benchmarks
+	$(BIN)/ruff format --check monitor api storage tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -45,6 +45,9 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_engine.py
+
+bench-sidecar: $(STAMP)
+	$(BIN)/python benchmarks/bench_sidecar.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

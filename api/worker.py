@@ -39,6 +39,9 @@ from storage import (
 
 log = logging.getLogger("fpmon.worker")
 
+#: with FPMON_RETENTION_STEPS set, each worker purges old raw payloads every this many processed steps
+PURGE_EVERY = 20
+
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` → CUDA when available, else CPU."""
@@ -71,6 +74,7 @@ class StepProcessor:
         self.claim_stale_s = claim_stale_s
         self.retention_steps = retention_steps
         self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
+        self.processed = 0
 
     def process_one(self) -> bool:
         """Claim and process one step; False when nothing was pending."""
@@ -90,7 +94,8 @@ class StepProcessor:
                 fail_step(session, row, f"{type(exc).__name__}: {exc}")
                 return True
             log.debug("step %s of run %s in %.1f ms", row.step, row.run_id, 1e3 * (time.perf_counter() - started))
-            if self.retention_steps is not None:
+            self.processed += 1
+            if self.retention_steps is not None and self.processed % PURGE_EVERY == 0:
                 purge_payloads(session, self.retention_steps)
         return True
 

@@ -7,6 +7,7 @@ Tensors: ``latents`` (n×d, float32/float16/bfloat16) and optional ``rewards`` (
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -97,6 +98,23 @@ def decode_step(data: bytes) -> StepPayload:
     )
     _check(payload)
     return payload
+
+
+def payload_digest(p: StepPayload) -> str:
+    """sha256 of a step's content in a canonical form (tensor dtypes, shapes and bytes; the metadata as
+    sorted JSON). Safetensors does not fix the order of its metadata keys, so two encodings of the same
+    step can differ byte for byte; this digest does not."""
+    h = hashlib.sha256()
+    for name, tensor in (("latents", p.latents), ("rewards", p.rewards)):
+        if tensor is None:
+            h.update(f"{name}:none;".encode())
+            continue
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes())
+    meta = {"step": p.step, "lr": p.lr, "sample_ids": p.sample_ids, "texts": p.texts, "prompts": p.prompts}
+    h.update(json.dumps(meta, sort_keys=True).encode())
+    return h.hexdigest()
 
 
 def _check(p: StepPayload) -> None:

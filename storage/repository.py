@@ -139,11 +139,9 @@ def _insert_samples(session: Session, rows: list[dict[str, Any]]) -> None:
     if not rows:
         return
     if _dialect(session) == "postgresql":
-        dbapi = session.connection().connection.dbapi_connection
-        assert dbapi is not None
-        with dbapi.cursor() as cursor, cursor.copy(  # type: ignore[attr-defined]
-            f"COPY step_samples ({', '.join(_SAMPLE_COLUMNS)}) FROM STDIN"
-        ) as copy:
+        psycopg_conn: Any = session.connection().connection.dbapi_connection  # psycopg 3
+        statement = f"COPY step_samples ({', '.join(_SAMPLE_COLUMNS)}) FROM STDIN"
+        with psycopg_conn.cursor() as cursor, cursor.copy(statement) as copy:
             for row in rows:
                 copy.write_row(tuple(row[c] for c in _SAMPLE_COLUMNS))
         return
@@ -204,15 +202,19 @@ def get_run_by_name(session: Session, name: str) -> Run | None:
 
 
 # ---------------------------------------------------------------------------------------------- steps
-def ingest_step(session: Session, run: Run | int, step: int, payload: bytes, n: int) -> Literal["queued", "duplicate"]:
+def ingest_step(
+    session: Session, run: Run | int, step: int, payload: bytes, n: int, digest: str | None = None
+) -> Literal["queued", "duplicate"]:
     """Store a received step as ``pending``; idempotent on (run, step).
 
     Returns ``"queued"`` for a new step (the run's ``steps_received`` goes up by one), ``"duplicate"`` when
-    the same bytes were already received (nothing is written). Raises :class:`StepConflict` when different
-    bytes were received for this (run, step), :class:`NotFound` for an unknown run id.
+    the same content was already received (nothing is written). Raises :class:`StepConflict` when different
+    content was received for this (run, step), :class:`NotFound` for an unknown run id. The content is
+    identified by ``digest`` (the API passes ``monitor.stepfile.payload_digest``, which does not depend on
+    the encoding's metadata order), else by the sha256 of the bytes.
     """
     run_id = run.id if isinstance(run, Run) else int(run)
-    sha = hashlib.sha256(payload).hexdigest()
+    sha = digest if digest is not None else hashlib.sha256(payload).hexdigest()
     now = utcnow()
     _begin_write(session)
     try:

@@ -209,3 +209,20 @@ def test_server_refuses_public_bind_without_tokens(database_url: str) -> None:
     with pytest.raises(ValueError, match="without authentication"):
         create_app(Settings(database_url=database_url, host="0.0.0.0"), start_workers=False)
     create_app(Settings(database_url=database_url, host="0.0.0.0", api_tokens=["t"]), start_workers=False)
+
+
+def test_retention_drops_old_raw_latents_but_keeps_results(app_client: tuple[TestClient, StepProcessor]) -> None:
+    client, processor = app_client
+    processor.retention_steps = 5
+    run_id = create_run(client, "retained")
+    for s in range(20):
+        client.post(f"/v1/runs/{run_id}/steps", content=step_payload(s, seed=4), headers={**OCTET, **auth()})
+    assert drain(processor) == 20  # the purge runs every PURGE_EVERY (20) processed steps
+    with client.app.state.services.sessions() as session:  # type: ignore[attr-defined]
+        steps = storage.list_steps(session, run_id, limit=100)
+        kept = [s.step for s in steps if s.payload is not None]
+    assert kept == list(range(15, 20))
+    rows = client.get(f"/v1/runs/{run_id}/metrics", headers=auth(READ)).json()["rows"]
+    assert len(rows) == 20  # results stay
+    again = client.post(f"/v1/runs/{run_id}/steps", content=step_payload(0, seed=4), headers={**OCTET, **auth()})
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"  # retries still recognised

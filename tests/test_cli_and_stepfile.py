@@ -103,3 +103,16 @@ def test_console_script_is_installed() -> None:
     proc = subprocess.run([sys.executable, "-m", "monitor.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     assert "demo" in proc.stdout and "analyze" in proc.stdout
+
+
+def test_payload_digest_ignores_the_encoding_order_but_not_the_content() -> None:
+    base = StepPayload(step=3, latents=torch.ones(4, 2), rewards=torch.zeros(4), texts=["a", "b", "c", "d"], lr=0.1)
+    from monitor.stepfile import payload_digest
+
+    encodings = {encode_step(base) for _ in range(20)}  # safetensors may order its metadata differently
+    digests = {payload_digest(decode_step(e)) for e in encodings}
+    assert len(digests) == 1
+    changed = StepPayload(step=3, latents=torch.ones(4, 2), rewards=torch.zeros(4), texts=["a", "b", "c", "x"], lr=0.1)
+    assert payload_digest(changed) not in digests
+    bf16 = StepPayload(step=3, latents=torch.ones(4, 2, dtype=torch.bfloat16))
+    assert payload_digest(bf16) == payload_digest(decode_step(encode_step(bf16)))

@@ -8,7 +8,7 @@ import torch
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
 import storage
-from monitor.stepfile import decode_step
+from monitor.stepfile import decode_step, payload_digest
 
 from ..deps import ServicesDep, SessionDep, WriteAuth
 from ..schemas import MAX_DB_INT, Problem, StepAccepted
@@ -95,7 +95,7 @@ async def ingest_step(
         metrics.rejected.labels(reason="validation").inc()
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "; ".join(problems))
     try:
-        result = storage.ingest_step(session, run_id, payload.step, body, n)
+        result = storage.ingest_step(session, run_id, payload.step, body, n, digest=payload_digest(payload))
     except storage.StepConflict as exc:
         metrics.rejected.labels(reason="conflict").inc()
         raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
