@@ -160,6 +160,10 @@ def test_bad_input_gets_a_clear_4xx_and_writes_nothing(app_client: tuple[TestCli
     assert bad_review.status_code == 422
     bad_run = client.post("/v1/runs", json={"name": "", "latent_dim": 0}, headers=auth())
     assert bad_run.status_code == 422
+    bad_config = client.post(
+        "/v1/runs", json={"name": "cfg", "latent_dim": D, "config": {"monitor": {"warmup_steps": 1}}}, headers=auth()
+    )
+    assert bad_config.status_code == 422 and "warmup_steps must be >= 3" in bad_config.json()["detail"]
     other_d = client.post("/v1/runs", json={"name": "run-a", "latent_dim": D + 5}, headers=auth())
     assert other_d.status_code == 409 and "latent_dim" in other_d.json()["detail"]
     assert row_counts(client) == before

@@ -7,6 +7,7 @@ migrated SQLite database in a temporary folder removed at exit, no workers (inge
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +20,11 @@ import storage
 from api.main import create_app
 from api.settings import Settings
 
+#: examples per operation; FPMON_FUZZ_EXAMPLES=500 FPMON_FUZZ_RANDOM=1 for a longer, random exploration
+FUZZ_EXAMPLES = int(os.environ.get("FPMON_FUZZ_EXAMPLES", "60"))
+#: CI runs the same examples every time (a fuzz finding must not make CI flaky; explore locally)
+DERANDOMIZE = os.environ.get("FPMON_FUZZ_RANDOM") != "1"
+
 _folder = Path(tempfile.mkdtemp(prefix="fpmon-fuzz-"))
 atexit.register(shutil.rmtree, _folder, ignore_errors=True)
 _url = f"sqlite:///{_folder / 'fpmon.db'}"
@@ -28,6 +34,6 @@ schema = schemathesis.openapi.from_asgi("/openapi.json", app)
 
 
 @schema.exclude(path="/readyz").parametrize()  # 503 without workers is its documented answer
-@settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=DERANDOMIZE, suppress_health_check=list(HealthCheck))
 def test_no_request_gets_a_server_error(case: schemathesis.Case) -> None:
     case.call_and_validate(checks=[not_a_server_error])

@@ -48,7 +48,7 @@ def list_alerts(
     status_: Annotated[str | None, Query(alias="status", pattern="^(open|acknowledged|confirmed|dismissed)$")] = None,
     type_: Annotated[str | None, Query(alias="type", max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0,
 ) -> AlertList:
     """Alerts, newest first."""
     alerts = storage.list_alerts(session, run_id=run_id, status=status_, type=type_, limit=limit, offset=offset)

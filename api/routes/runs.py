@@ -11,6 +11,7 @@ from storage import Run
 
 from ..deps import ReadAuth, SessionDep, WriteAuth
 from ..schemas import MAX_DB_INT, MetricRow, MetricRows, Problem, RunCreate, RunList, RunOut, SampleList, SampleOut
+from ..worker import monitor_config_of
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -48,7 +49,18 @@ def get_run_or_404(session: SessionDep, run_id: int) -> Run:
     responses={200: {"model": RunOut, "description": "A run of that name exists"}, 409: {"model": Problem}},
 )
 def create_run(body: RunCreate, session: SessionDep, response: Response) -> RunOut:
-    """Create a run; the same name again returns the existing run (200)."""
+    """Create a run; the same name again returns the existing run (200).
+
+    ``config["monitor"]``, if given, must be a ``MonitorConfig.to_dict()``: it is checked here (422),
+    not at the first step.
+    """
+    if "monitor" in body.config:
+        try:
+            monitor_config_of(body.config)
+        except (ValueError, TypeError) as exc:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, f"config.monitor is not a valid MonitorConfig: {exc}"
+            ) from exc
     run, created = storage.get_or_create_run(session, body.name, body.latent_dim, body.config)
     if not created:
         if run.latent_dim != body.latent_dim:
@@ -64,7 +76,7 @@ def create_run(body: RunCreate, session: SessionDep, response: Response) -> RunO
 def list_runs(
     session: SessionDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0,
 ) -> RunList:
     return RunList(runs=[run_out(r) for r in storage.list_runs(session, limit=limit, offset=offset)])
 
@@ -104,7 +116,7 @@ def get_samples(
     session: SessionDep,
     order: Annotated[str, Query(pattern="^(div|index)$")] = "div",
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0,
 ) -> SampleList:
     """The samples of a processed step, by |δ| (largest first) or by index."""
     get_run_or_404(session, run_id)
