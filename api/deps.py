@@ -45,37 +45,38 @@ def _unauthorized(services: Services, message: str) -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"})
 
 
-def require_read(
-    services: Annotated[Services, Depends(get_services)],
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """Any configured token (read or write) may read; no check when authentication is off."""
+def _check_token(services: Services, credentials: HTTPAuthorizationCredentials | None, write: bool) -> None:
+    """401 for a missing or unknown token, 403 for a read token on a write route; nothing when auth is off."""
     settings = services.settings
     if not settings.auth_enabled:
         return
     token = _token(credentials)
     if token is None:
         raise _unauthorized(services, "missing bearer token: send 'Authorization: Bearer <token>'")
-    if token not in settings.api_tokens and token not in settings.read_tokens:
-        raise _unauthorized(services, "invalid bearer token")
+    if token in settings.api_tokens:
+        return
+    if token in settings.read_tokens:
+        if not write:
+            return
+        services.metrics.rejected.labels(reason="auth").inc()
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this token is read-only; writes need a write token")
+    raise _unauthorized(services, "invalid bearer token")
+
+
+def require_read(
+    services: Annotated[Services, Depends(get_services)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """Any configured token (read or write) may read."""
+    _check_token(services, credentials, write=False)
 
 
 def require_write(
     services: Annotated[Services, Depends(get_services)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """Only write tokens (FPMON_API_TOKENS) may write; no check when authentication is off."""
-    settings = services.settings
-    if not settings.auth_enabled:
-        return
-    token = _token(credentials)
-    if token is None:
-        raise _unauthorized(services, "missing bearer token: send 'Authorization: Bearer <token>'")
-    if token in settings.read_tokens and token not in settings.api_tokens:
-        services.metrics.rejected.labels(reason="auth").inc()
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "this token is read-only; writes need a write token")
-    if token not in settings.api_tokens:
-        raise _unauthorized(services, "invalid bearer token")
+    """Only write tokens (FPMON_API_TOKENS) may write."""
+    _check_token(services, credentials, write=True)
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

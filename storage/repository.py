@@ -114,7 +114,7 @@ def _insert_ignore(session: Session, table: Table, values: dict[str, Any], keys:
     elif dialect == "sqlite":
         stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing(index_elements=keys)
     else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-        raise NotImplementedError(f"unsupported database dialect {dialect!r}")
+        raise ValueError(f"unsupported database dialect {dialect!r}: fpmon stores in SQLite or PostgreSQL")
     inserted = session.execute(stmt.returning(*table.primary_key.columns)).first()
     return inserted is not None
 

@@ -305,7 +305,7 @@ def test_stale_claims_are_reclaimed_and_the_dead_worker_is_fenced_off(engine: En
     ingest_step(session, run, 0, b"0", 1)
     with session_factory(engine)() as dead_session:  # the dead worker had its own session
         dead = claim_next_step(dead_session, "dead")
-    assert dead is not None
+    assert dead is not None and dead.claimed_by == "dead" and dead.attempts == 1
     assert claim_next_step(session, "alive", stale_after_s=3600) is None
     alive = claim_next_step(session, "alive", stale_after_s=0)
     assert alive is not None and alive.step == 0 and alive.claimed_by == "alive" and alive.attempts == 2
@@ -340,7 +340,7 @@ def test_complete_step_is_atomic(session: Session) -> None:
     run, _ = get_or_create_run(session, "r", 4)
     ingest_step(session, run, 0, b"0", 3)
     row = claim_next_step(session, "w")
-    assert row is not None
+    assert row is not None and row.step == 0 and row.status == "processing"
     before = counts(session)
     samples = [{"index": i, "div": float(i)} for i in range(3)]
     bad_alert = {"type": "PHASE_TRANSITION", "scalars": {"C": object()}, "reasons": [], "top_samples": []}
@@ -386,7 +386,7 @@ def test_step_samples_are_ordered_by_absolute_divergence(session: Session) -> No
     run, _ = get_or_create_run(session, "r", 4)
     ingest_step(session, run, 0, b"0", 5)
     row = claim_next_step(session, "w")
-    assert row is not None
+    assert row is not None and row.step == 0 and row.status == "processing"
     divs = [0.1, -3.0, 2.0, math.nan, -0.5]
     samples = [
         {"index": i, "div": d, "sample_id": f"s{i}", "reward": 0.5 * i, "text": f"t{i}"} for i, d in enumerate(divs)
