@@ -69,6 +69,10 @@ class MonitorConfig:
         cooldown_steps: after an alert, the same alert type is not raised again for this many steps.
         detector: the streaming detector's settings.
         max_reference_samples: the reference batch kept for W2_ref/KL_ref is subsampled to this many.
+        held_out_reference: fit the frame's directions on half of the reference batch and its mean and
+            whitening on the other half, which is kept as the reference sample (``Projection.fit_held_out``:
+            removes the in-sample bias of the frame, see ``benchmarks/reference_frame.py``). Used when the
+            reference batch has at least ``2(k + 1)`` and 32 samples.
     """
 
     fpe: FPEConfig = field(default_factory=FPEConfig)
@@ -82,6 +86,7 @@ class MonitorConfig:
     cooldown_steps: int = 10
     detector: StreamingConfig = field(default_factory=StreamingConfig)
     max_reference_samples: int = 2048
+    held_out_reference: bool = True
 
     def __post_init__(self) -> None:
         if self.warmup_steps < 3:
@@ -220,9 +225,14 @@ class RLHFMonitor:
         if self.projection is not None:
             raise RuntimeError("the reference is already set: the projection is frozen for the whole run")
         z = check_latents(z_ref, name="reference latents", min_n=2)
-        k = min(self.config.fpe.k, z.shape[0] - 1, z.shape[1])
-        self.projection = Projection.fit(z, k=k)
-        x_ref = self.projection.transform(z)
+        n = z.shape[0]
+        k = min(self.config.fpe.k, n - 1, z.shape[1])
+        if self.config.held_out_reference and n >= max(2 * (k + 1), 32):
+            self.projection, held = Projection.fit_held_out(z, k=k, seed=self.config.fpe.seed)
+            x_ref = self.projection.transform(z[held])
+        else:
+            self.projection = Projection.fit(z, k=k)
+            x_ref = self.projection.transform(z)
         if x_ref.shape[0] > self.config.max_reference_samples:
             gen = torch.Generator().manual_seed(self.config.fpe.seed)
             idx = torch.randperm(x_ref.shape[0], generator=gen)[: self.config.max_reference_samples]

@@ -166,3 +166,24 @@ def test_projection_subspace_iteration_beyond_exact_size() -> None:
         projection_module._EXACT_EIGH_MAX = exact_limit
     assert fast.explained == pytest.approx(exact.explained, rel=1e-3)
     torch.testing.assert_close(fast.variances, exact.variances, rtol=1e-3, atol=0)
+
+
+def test_held_out_frame_removes_the_in_sample_bias_of_the_reference() -> None:
+    """n = 256 < d = 768: a later batch of the SAME law looks shrunk in a frame fitted on the reference
+    itself (KL_ref ≈ 0.1–0.2 nats); with directions and whitening from disjoint halves
+    the held-out half is exactly white and the later batch's KL_ref falls below 0.05 nats."""
+    from monitor.fpe.observables import observables_from_projected
+
+    ref, later = structured_latents(256, 768, 1.0, seed=20), structured_latents(256, 768, 1.0, seed=21)
+    proj, held = Projection.fit_held_out(ref, k=8)
+    x_ref = proj.transform(ref[held])
+    cov = torch.cov(x_ref.T.double(), correction=0)
+    torch.testing.assert_close(cov, torch.eye(8, dtype=torch.float64), atol=1e-4, rtol=0)
+    held_kl = observables_from_projected([], proj.transform(later), FPEConfig(), x_ref=x_ref).scalars["KL_ref"]
+    in_sample = Projection.fit(ref, k=8)
+    in_kl = observables_from_projected(
+        [], in_sample.transform(later), FPEConfig(), x_ref=in_sample.transform(ref)
+    ).scalars["KL_ref"]
+    assert held_kl < 0.05 and in_kl > 0.1 and in_kl > 3 * held_kl, (held_kl, in_kl)
+    with pytest.raises(ValueError, match=r"needs n >= 2\(k\+1\) = 18"):
+        Projection.fit_held_out(ref[:10], k=8)

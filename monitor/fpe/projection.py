@@ -77,6 +77,42 @@ class Projection:
             explained=explained,
         )
 
+    @classmethod
+    def fit_held_out(cls, z_ref: Tensor, k: int = 8, seed: int = 0) -> tuple[Projection, Tensor]:
+        """Directions from one half of ``z_ref``, mean and whitening from the other half.
+
+        With n ≲ d the top principal directions of a batch partly fit that batch's own noise: the batch
+        has more variance along them than any other batch of the same distribution, so later batches look
+        shrunk in the frame (a spurious entropy drop, a W2 and KL to the reference that are far from 0
+        when nothing changed). Measuring the mean and variances on held-out rows removes that bias: the
+        held-out half is, along the fitted directions, just like a future batch. Returns the projection
+        and the indices (into ``z_ref``) of the held-out rows, on which the coordinates are exactly
+        uncorrelated with unit variance — use them as the reference sample. Needs n ≥ 2(k + 1).
+        """
+        z = check_latents(z_ref, name="z_ref")
+        n, d = z.shape
+        if n < 2 * (k + 1):
+            raise ValueError(f"fit_held_out needs n >= 2(k+1) = {2 * (k + 1)} samples, got {n}; use Projection.fit")
+        gen = torch.Generator().manual_seed(seed)
+        order = torch.randperm(n, generator=gen).to(z.device)
+        fit_rows, held_rows = order[: n // 2], order[n // 2 :]
+        directions = cls.fit(z[fit_rows], k=min(k, d)).components  # (d, k) orthonormal
+        held = z[held_rows].to(torch.float64)
+        mean = held.mean(dim=0)
+        coords = (held - mean) @ directions  # (n/2, k)
+        cov = coords.T @ coords / coords.shape[0]
+        evals, rot = torch.linalg.eigh(0.5 * (cov + cov.T))
+        evals, rot = evals.flip(0), rot.flip(1)
+        total = float((held - mean).pow(2).sum() / held.shape[0])
+        floor = max(float(evals[0].clamp_min(0.0)) * _REL_EIG_FLOOR, _absolute_floor(held))
+        projection = cls(
+            mean=mean.contiguous(),
+            components=(directions @ rot).contiguous(),
+            variances=evals.clamp_min(floor).contiguous(),
+            explained=float(evals.clamp_min(0.0).sum()) / total if total > 0 else 0.0,
+        )
+        return projection, held_rows
+
     def transform(self, z: Tensor, *, name: str = "latents", min_n: int = 1) -> Tensor:
         """Project latents z (n×d) to whitened coordinates (n×k), float32 (float64 if z is float64).
 
