@@ -136,7 +136,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default 8700).")] = None,
     database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL (default sqlite:///./fpmon.db).")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Compute worker threads.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Compute workers (processes by default).")] = None,
 ) -> None:
     """Run the sidecar (REST API + compute workers). Settings also come from FPMON_* variables."""
     import uvicorn
