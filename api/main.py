@@ -12,7 +12,7 @@ from storage import check_schema, make_engine, session_factory
 
 from .deps import Services
 from .metrics import Metrics
-from .routes import alerts, health, runs, steps
+from .routes import alerts, health, review, runs, steps
 from .settings import Settings
 from .worker import StepProcessor, WorkerProcess, WorkerThread, resolve_device
 
@@ -70,6 +70,7 @@ def create_app(settings: Settings | None = None, start_workers: bool = True) -> 
     services.metrics.watch_database(
         services.sessions, lambda: sum(1 for w in getattr(app.state, "workers", []) if w.is_ready())
     )
-    for module in (runs, steps, alerts, health):
+    for module in (runs, steps, alerts, review, health):
         app.include_router(module.router)
+    review.mount_review_page(app, settings)
     return app

@@ -27,6 +27,8 @@ class RunOut(BaseModel):
     steps_received: int
     steps_processed: int
     last_step_at: datetime | None
+    open_alerts: int = Field(description="Alerts of this run not reviewed yet (status open)")
+    status: Literal["live", "idle"] = Field(description="live: a step was received within FPMON_LIVE_WINDOW_S")
 
 
 class RunList(BaseModel):
@@ -42,6 +44,9 @@ class StepAccepted(BaseModel):
 class MetricRow(BaseModel):
     step: int
     scalars: dict[str, float | None]
+    transition: bool | None = Field(
+        default=None, description="The streaming detector flagged this step (null: no verdict, e.g. warm-up)"
+    )
 
 
 class MetricRows(BaseModel):
@@ -54,6 +59,9 @@ class SampleOut(BaseModel):
     div: float | None
     reward: float | None
     text: str | None
+    x: float | None = Field(default=None, description="First coordinate in the run's projection (whitened)")
+    y: float | None = Field(default=None, description="Second coordinate in the run's projection (whitened)")
+    prompt: str | None = None
 
 
 class SampleList(BaseModel):
@@ -93,3 +101,37 @@ class AlertList(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+class MapPoint(BaseModel):
+    """A sample of the alert's step on the 2-D map (the run's projection, first two coordinates)."""
+
+    index: int
+    x: float | None
+    y: float | None
+    div: float | None
+    flagged: bool = Field(description="Among the top-k by |δ| (the context's flagged list)")
+    text: str | None = Field(description="The response's first 240 characters (the map's hover label)")
+
+
+class ReferencePoint(BaseModel):
+    index: int
+    x: float | None
+    y: float | None
+    text: str | None = Field(description="The response's first 240 characters (the map's hover label)")
+
+
+class AlertContext(BaseModel):
+    """What a reviewer needs beside an alert (``GET /v1/alerts/{id}/context``)."""
+
+    alert: AlertOut
+    step_scalars: dict[str, float | None] = Field(description="All observables of the alert's step")
+    transition: bool | None = Field(description="The streaming detector flagged the alert's step")
+    k: int
+    flagged: list[SampleOut] = Field(description="The step's top-k samples by |δ|, largest first")
+    typical: list[SampleOut] = Field(description="The step's k samples with the smallest |δ|, smallest first")
+    reference_step: int | None = Field(description="The run's reference step (its first processed step)")
+    reference: list[SampleOut] = Field(description="k samples of the reference step, evenly spread by index")
+    n: int = Field(description="Samples in the alert's step")
+    points: list[MapPoint] = Field(description="The step's samples (all, or at most max_points incl. flagged)")
+    reference_points: list[ReferencePoint] = Field(description="The reference step's samples (at most max_points)")

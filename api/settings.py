@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
@@ -31,6 +32,10 @@ class Settings(BaseSettings):
         worker_poll_s: how often an idle worker looks for pending steps.
         claim_stale_s: a step claimed longer ago than this by a worker that died is claimed again.
         retention_steps: keep the raw latents of only the last N processed steps per run (None: all).
+        review_dir: folder of the review page served at ``/`` (None: ``dashboards/review`` of the source
+            checkout this ``api`` package lives in; the Docker image sets it).
+        live_window_s: a run is ``live`` while its last step was received less than this many seconds ago,
+            else ``idle`` (``GET /v1/runs``; the review page polls live runs).
     """
 
     model_config = SettingsConfigDict(env_prefix="FPMON_", extra="ignore")
@@ -50,6 +55,8 @@ class Settings(BaseSettings):
     worker_poll_s: float = 0.05
     claim_stale_s: float = 300.0
     retention_steps: int | None = None
+    review_dir: Path | None = None
+    live_window_s: float = Field(default=120.0, gt=0)
 
     @field_validator("api_tokens", "read_tokens", mode="before")
     @classmethod
@@ -57,6 +64,12 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
+
+    def resolved_review_dir(self) -> Path:
+        """Where the review page's files are: ``review_dir``, else ``<checkout>/dashboards/review``."""
+        if self.review_dir is not None:
+            return self.review_dir
+        return Path(__file__).resolve().parent.parent / "dashboards" / "review"
 
     @property
     def auth_enabled(self) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import math
 import multiprocessing
 import os
 import signal
@@ -119,6 +120,7 @@ class StepProcessor:
         )
         div = report.div.tolist()
         rewards = payload.rewards.tolist() if payload.rewards is not None else None
+        xy = _map_coordinates(monitor, payload.latents.to(self.device))
         samples = [
             {
                 "index": i,
@@ -126,14 +128,37 @@ class StepProcessor:
                 "sample_id": payload.sample_ids[i] if payload.sample_ids is not None else None,
                 "reward": rewards[i] if rewards is not None else None,
                 "text": payload.texts[i] if payload.texts is not None else None,
+                "x": xy[i][0],
+                "y": xy[i][1],
+                "prompt": payload.prompts[i] if payload.prompts is not None else None,
             }
             for i in range(len(div))
         ]
         meta, tensors = encode_state(monitor.state_dict())
         alert = report.alert.to_dict() if report.alert is not None else None
         complete_step(
-            session, row, report.scalars, samples, alert, meta, tensors, D0=monitor.D0, rescaled=report.recalibrated
+            session,
+            row,
+            report.scalars,
+            samples,
+            alert,
+            meta,
+            tensors,
+            D0=monitor.D0,
+            rescaled=report.recalibrated,
+            transition=report.detection.flagged if report.detection is not None else None,
         )
+
+
+def _map_coordinates(monitor: RLHFMonitor, latents: torch.Tensor) -> list[tuple[float, float]]:
+    """The step's samples in the run's frozen projection, first two coordinates (whitened, dimensionless;
+    y = 0 when the projection has one component): the review page's 2-D map. Shape: n pairs."""
+    if monitor.projection is None:  # observe() always fits it; a monitor without one has nothing to map
+        return [(math.nan, math.nan)] * latents.shape[0]
+    x = monitor.projection.transform(latents).detach().to("cpu", torch.float64)
+    if x.shape[1] < 2:
+        x = torch.cat([x, torch.zeros(x.shape[0], 2 - x.shape[1], dtype=x.dtype)], dim=1)
+    return [(float(a), float(b)) for a, b in x[:, :2].tolist()]
 
 
 class WorkerThread(threading.Thread):

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    Boolean,
     CheckConstraint,
     Float,
     ForeignKey,
@@ -75,13 +76,17 @@ class Step(Base):
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     scalars: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON, nullable=True)
+    #: the streaming detector flagged this step (a detected transition); None during the warm-up
+    transition: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
 
 
 class StepSample(Base):
     """One sample of a processed step: its relative flux divergence δ and what a reviewer needs to see.
 
     ``abs_div`` = |δ| is stored and indexed so that "the samples of a step ordered by |δ|" is an index scan.
-    Non-finite δ (the first step of a run has none) is stored as NULL and sorts last.
+    Non-finite δ (the first step of a run has none) is stored as NULL and sorts last. ``x``, ``y`` are the
+    sample's first two coordinates in the run's frozen projection (whitened, dimensionless: the review page's
+    2-D map); ``prompt`` is the prompt the response answered.
     """
 
     __tablename__ = "step_samples"
@@ -98,6 +103,9 @@ class StepSample(Base):
     abs_div: Mapped[float | None] = mapped_column(Float, nullable=True)
     reward: Mapped[float | None] = mapped_column(Float, nullable=True)
     text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    x: Mapped[float | None] = mapped_column(Float, nullable=True)
+    y: Mapped[float | None] = mapped_column(Float, nullable=True)
+    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class Alert(Base):

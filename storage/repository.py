@@ -130,7 +130,19 @@ def _float_or_none(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
-_SAMPLE_COLUMNS = ("run_id", "step", "sample_index", "sample_id", "div", "abs_div", "reward", "text")
+_SAMPLE_COLUMNS = (
+    "run_id",
+    "step",
+    "sample_index",
+    "sample_id",
+    "div",
+    "abs_div",
+    "reward",
+    "text",
+    "x",
+    "y",
+    "prompt",
+)
 
 
 def _insert_samples(session: Session, rows: list[dict[str, Any]]) -> None:
@@ -373,13 +385,15 @@ def complete_step(
     state_tensors_bytes: bytes,
     D0: float | None = None,
     rescaled: Sequence[tuple[int, dict[str, float]]] = (),
+    transition: bool | None = None,
 ) -> None:
     """Write a processed step's results in ONE transaction (all or nothing).
 
     Args:
         step_row: the step as returned by :func:`claim_next_step` (still claimed by this worker).
         scalars: the step's observables (non-finite values stored as null).
-        samples: one dict per sample: ``index``, ``div`` and optional ``sample_id``, ``reward``, ``text``.
+        samples: one dict per sample: ``index``, ``div`` and optional ``sample_id``, ``reward``, ``text``,
+            ``x``, ``y`` (the sample in the run's projection, first two coordinates), ``prompt``.
         alert: ``monitor.rlhf.Alert.to_dict()`` (``type``, ``scalars``, ``reasons``, ``top_samples``,
             ``recommendation``) or None.
         state_meta, state_tensors_bytes: the monitor state after this step (:func:`encode_state`); the
@@ -387,6 +401,7 @@ def complete_step(
         D0: the run's calibrated D₀ once known (stored on the run).
         rescaled: ``(step, scalars)`` of earlier (warm-up) steps of this run whose stored scalars are
             replaced, in the same transaction (``StepReport.recalibrated`` when D₀ was just calibrated).
+        transition: the streaming detector flagged this step (None: no verdict, e.g. during the warm-up).
 
     Raises :class:`LostClaim` (nothing written) when the step was reclaimed from this worker.
     """
@@ -398,7 +413,7 @@ def complete_step(
         done = session.execute(
             update(_STEPS)
             .where(_fence(step_row))
-            .values(status="done", processed_at=now, scalars=clean_scalars, error=None)
+            .values(status="done", processed_at=now, scalars=clean_scalars, error=None, transition=transition)
         )
         if _rowcount(done) != 1:
             raise LostClaim(
@@ -418,6 +433,9 @@ def complete_step(
                     "abs_div": None if div is None else abs(div),
                     "reward": _float_or_none(sample.get("reward")),
                     "text": sample.get("text"),
+                    "x": _float_or_none(sample.get("x")),
+                    "y": _float_or_none(sample.get("y")),
+                    "prompt": sample.get("prompt"),
                 }
             )
         _insert_samples(session, rows)
@@ -463,6 +481,7 @@ def complete_step(
         ("processed_at", now),
         ("scalars", clean_scalars),
         ("error", None),
+        ("transition", transition),
     ):
         set_committed_value(step_row, key, value)
 
@@ -517,7 +536,7 @@ def metrics(
     end: int | None = None,
     max_points: int = 1000,
 ) -> list[dict[str, Any]]:
-    """Scalar history of a run: ``[{"step": int, "scalars": {name: float | None}}]``, by step.
+    """Scalar history of a run: ``[{"step": int, "scalars": {name: float | None}, "transition": bool | None}]``.
 
     One row per processed (``done``) step with ``start <= step <= end``. With more than ``max_points``
     such steps, the rows kept are the ones at ranks floor(i·(N−1)/(max_points−1)) for i = 0…max_points−1:
@@ -534,32 +553,94 @@ def metrics(
         conditions.append(Step.step <= end)
     all_steps = list(session.scalars(select(Step.step).where(*conditions).order_by(Step.step)))
     chosen = [all_steps[i] for i in _downsample_indices(len(all_steps), max_points)]
-    found: dict[int, dict[str, Any]] = {}
+    found: dict[int, tuple[dict[str, Any], bool | None]] = {}
     for lo in range(0, len(chosen), 500):
         chunk = chosen[lo : lo + 500]
-        stmt = select(Step.step, Step.scalars).where(Step.run_id == run_id, Step.step.in_(chunk))
-        for step, scalars in session.execute(stmt):
-            found[step] = scalars or {}
+        stmt = select(Step.step, Step.scalars, Step.transition).where(Step.run_id == run_id, Step.step.in_(chunk))
+        for step, scalars, transition in session.execute(stmt):
+            found[step] = (scalars or {}, transition)
     rows = []
     for step in chosen:
-        scalars = found[step]
+        scalars, transition = found[step]
         selected = dict(scalars) if names is None else {name: scalars.get(name) for name in names}
-        rows.append({"step": step, "scalars": selected})
+        rows.append({"step": step, "scalars": selected, "transition": transition})
     return rows
 
 
 def step_samples(
     session: Session, run_id: int, step: int, order: str = "div", limit: int = 100, offset: int = 0
 ) -> list[StepSample]:
-    """Samples of a processed step: ``order="div"`` by |δ| descending (unknown δ last), or ``"index"``."""
+    """Samples of a processed step: ``order="div"`` by |δ| descending, ``"div_asc"`` by |δ| ascending (unknown
+    δ last in both), or ``"index"``."""
     stmt = select(StepSample).where(StepSample.run_id == run_id, StepSample.step == step)
     if order == "div":
         stmt = stmt.order_by(StepSample.abs_div.desc().nulls_last(), StepSample.index)
+    elif order == "div_asc":
+        stmt = stmt.order_by(StepSample.abs_div.asc().nulls_last(), StepSample.index)
     elif order == "index":
         stmt = stmt.order_by(StepSample.index)
     else:
-        raise ValueError(f"order must be 'div' or 'index', got {order!r}")
+        raise ValueError(f"order must be 'div', 'div_asc' or 'index', got {order!r}")
     return list(session.scalars(stmt.limit(limit).offset(offset)))
+
+
+def samples_at(session: Session, run_id: int, step: int, indices: Sequence[int]) -> list[StepSample]:
+    """The samples of a step with these indices, by index (unknown indices are absent)."""
+    wanted = sorted({int(i) for i in indices})
+    found: list[StepSample] = []
+    for lo in range(0, len(wanted), 500):
+        chunk = wanted[lo : lo + 500]
+        stmt = select(StepSample).where(
+            StepSample.run_id == run_id, StepSample.step == step, StepSample.index.in_(chunk)
+        )
+        found.extend(session.scalars(stmt))
+    return sorted(found, key=lambda s: s.index)
+
+
+def sample_count(session: Session, run_id: int, step: int) -> int:
+    """How many samples a processed step stored."""
+    stmt = select(func.count()).where(StepSample.run_id == run_id, StepSample.step == step)
+    return int(session.scalar(stmt) or 0)
+
+
+#: characters of a response kept with each map point (the hover label of the review page's map)
+POINT_TEXT_CHARS = 240
+
+PointRow = tuple[int, float | None, float | None, float | None, str | None]
+
+
+def sample_points(session: Session, run_id: int, step: int, indices: Sequence[int] | None = None) -> list[PointRow]:
+    """``(index, x, y, div, text[:POINT_TEXT_CHARS])`` of a step's samples (all, or those ``indices``), by index."""
+    stmt = select(
+        StepSample.index, StepSample.x, StepSample.y, StepSample.div, func.substr(StepSample.text, 1, POINT_TEXT_CHARS)
+    ).where(StepSample.run_id == run_id, StepSample.step == step)
+    if indices is None:
+        return [tuple(row) for row in session.execute(stmt.order_by(StepSample.index))]
+    wanted = sorted({int(i) for i in indices})
+    rows: list[PointRow] = []
+    for lo in range(0, len(wanted), 500):
+        chunk = stmt.where(StepSample.index.in_(wanted[lo : lo + 500]))
+        rows.extend(tuple(row) for row in session.execute(chunk))
+    return sorted(rows, key=lambda r: r[0])
+
+
+def first_processed_step(session: Session, run_id: int) -> int | None:
+    """The run's reference step: its first processed (``done``) step, or None."""
+    return session.scalar(select(func.min(Step.step)).where(Step.run_id == run_id, Step.status == "done"))
+
+
+def open_alert_counts(session: Session, run_ids: Sequence[int]) -> dict[int, int]:
+    """Number of ``open`` alerts per run id (zeros included)."""
+    ids = sorted({int(i) for i in run_ids})
+    found: dict[int, int] = {}
+    for lo in range(0, len(ids), 500):
+        stmt = (
+            select(Alert.run_id, func.count())
+            .where(Alert.status == "open", Alert.run_id.in_(ids[lo : lo + 500]))
+            .group_by(Alert.run_id)
+        )
+        found.update({int(run_id): int(count) for run_id, count in session.execute(stmt)})
+    return {run_id: found.get(run_id, 0) for run_id in ids}
 
 
 def list_alerts(

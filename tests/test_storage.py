@@ -119,7 +119,7 @@ def test_upgrade_from_empty_to_head_matches_the_models(database_url: str) -> Non
 def test_check_schema_refuses_an_unmigrated_database(database_url: str) -> None:
     eng = make_engine(database_url)
     try:
-        with pytest.raises(SchemaError, match=r"code expects 0001_initial: run `fpmon db upgrade --database-url"):
+        with pytest.raises(SchemaError, match=rf"code expects {head_revision()}: run `fpmon db upgrade --database-url"):
             check_schema(eng)
     finally:
         eng.dispose()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Query, Response, status
 
 import storage
-from storage import Run
+from storage import Run, StepSample
+from storage.types import utcnow
 
-from ..deps import ReadAuth, SessionDep, WriteAuth
+from ..deps import ReadAuth, ServicesDep, SessionDep, WriteAuth
 from ..schemas import MAX_DB_INT, MetricRow, MetricRows, Problem, RunCreate, RunList, RunOut, SampleList, SampleOut
 from ..worker import monitor_config_of
 
@@ -20,7 +22,10 @@ StepNo = Annotated[int, Path(ge=0, le=MAX_DB_INT, description="Training step")]
 StepBound = Annotated[int | None, Query(ge=0, le=MAX_DB_INT)]
 
 
-def run_out(run: Run) -> RunOut:
+def run_out(run: Run, open_alerts: int, live_window_s: float, now: datetime | None = None) -> RunOut:
+    """The run's API form; ``status`` is ``live`` when its last step arrived less than ``live_window_s`` ago."""
+    now = now or utcnow()
+    live = run.last_step_at is not None and (now - run.last_step_at).total_seconds() < live_window_s
     return RunOut(
         run_id=run.id,
         name=run.name,
@@ -31,7 +36,28 @@ def run_out(run: Run) -> RunOut:
         steps_received=run.steps_received,
         steps_processed=run.steps_processed,
         last_step_at=run.last_step_at,
+        open_alerts=open_alerts,
+        status="live" if live else "idle",
     )
+
+
+def sample_out(sample: StepSample) -> SampleOut:
+    return SampleOut(
+        index=sample.index,
+        sample_id=sample.sample_id,
+        div=sample.div,
+        reward=sample.reward,
+        text=sample.text,
+        x=sample.x,
+        y=sample.y,
+        prompt=sample.prompt,
+    )
+
+
+def runs_out(session: SessionDep, services: ServicesDep, runs: list[Run]) -> list[RunOut]:
+    counts = storage.open_alert_counts(session, [r.id for r in runs])
+    window = services.settings.live_window_s
+    return [run_out(r, counts[r.id], window) for r in runs]
 
 
 def get_run_or_404(session: SessionDep, run_id: int) -> Run:
@@ -48,7 +74,7 @@ def get_run_or_404(session: SessionDep, run_id: int) -> Run:
     dependencies=[WriteAuth],
     responses={200: {"model": RunOut, "description": "A run of that name exists"}, 409: {"model": Problem}},
 )
-def create_run(body: RunCreate, session: SessionDep, response: Response) -> RunOut:
+def create_run(body: RunCreate, session: SessionDep, services: ServicesDep, response: Response) -> RunOut:
     """Create a run; the same name again returns the existing run (200).
 
     ``config["monitor"]``, if given, must be a ``MonitorConfig.to_dict()``: it is checked here (422),
@@ -69,21 +95,23 @@ def create_run(body: RunCreate, session: SessionDep, response: Response) -> RunO
                 f"run {body.name!r} exists with latent_dim {run.latent_dim}, not {body.latent_dim}; use another name",
             )
         response.status_code = status.HTTP_200_OK
-    return run_out(run)
+    return runs_out(session, services, [run])[0]
 
 
 @router.get("", response_model=RunList, dependencies=[ReadAuth])
 def list_runs(
     session: SessionDep,
+    services: ServicesDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0,
 ) -> RunList:
-    return RunList(runs=[run_out(r) for r in storage.list_runs(session, limit=limit, offset=offset)])
+    """Runs by id, each with its open alerts and live/idle status."""
+    return RunList(runs=runs_out(session, services, storage.list_runs(session, limit=limit, offset=offset)))
 
 
 @router.get("/{run_id}", response_model=RunOut, dependencies=[ReadAuth], responses={404: {"model": Problem}})
-def get_run(run_id: RunId, session: SessionDep) -> RunOut:
-    return run_out(get_run_or_404(session, run_id))
+def get_run(run_id: RunId, session: SessionDep, services: ServicesDep) -> RunOut:
+    return runs_out(session, services, [get_run_or_404(session, run_id)])[0]
 
 
 @router.get(
@@ -101,7 +129,7 @@ def get_metrics(
     get_run_or_404(session, run_id)
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
     rows = storage.metrics(session, run_id, wanted, start, end, max_points)
-    return MetricRows(rows=[MetricRow(step=r["step"], scalars=r["scalars"]) for r in rows])
+    return MetricRows(rows=[MetricRow(step=r["step"], scalars=r["scalars"], transition=r["transition"]) for r in rows])
 
 
 @router.get(
@@ -125,8 +153,4 @@ def get_samples(
         state = "not received" if row is None else row.status
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"step {step} of run {run_id} is {state}, not processed")
     samples = storage.step_samples(session, run_id, step, order=order, limit=limit, offset=offset)
-    return SampleList(
-        samples=[
-            SampleOut(index=s.index, sample_id=s.sample_id, div=s.div, reward=s.reward, text=s.text) for s in samples
-        ]
-    )
+    return SampleList(samples=[sample_out(s) for s in samples])
