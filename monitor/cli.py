@@ -165,6 +165,44 @@ def serve(
     uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")
 
 
+@app.command()
+def sync(
+    spool_dir: Annotated[Path, typer.Argument(help="The client's spool directory (ClientConfig.spool_dir).")],
+    url: Annotated[str, typer.Option(envvar="FPMON_URL", help="The sidecar.")] = "http://127.0.0.1:8700",
+    token: Annotated[str | None, typer.Option(envvar="FPMON_TOKEN", help="Bearer (write) token.")] = None,
+    run: Annotated[str | None, typer.Option(help="Replay only this run (its name).")] = None,
+) -> None:
+    """Replay spooled steps to the sidecar, in step order; each file is deleted once acknowledged.
+
+    Exit code 1 when a step was refused (moved to <run>/rejected/ with the server's message) or the sidecar
+    was unreachable (the files stay; run it again). Running it twice sends nothing the second time.
+    """
+    from rich.table import Table
+
+    from .spool import sync_spool
+
+    if not spool_dir.is_dir():
+        raise typer.BadParameter(f"{spool_dir} is not a directory")
+    results = sync_spool(spool_dir, url, token=token, run=run)
+    table = Table(title=f"fpmon sync {spool_dir} → {url}")
+    for column in ("run", "run id", "sent", "duplicates", "rejected", "left", "error"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            r.run,
+            str(r.run_id or "-"),
+            str(r.sent),
+            str(r.duplicates),
+            str(r.rejected),
+            str(r.remaining),
+            r.error or "",
+        )
+    console = _console()
+    console.print(table if results else f"nothing to replay in {spool_dir}" + (f" for run {run!r}" if run else ""))
+    if any(r.rejected or r.error for r in results):
+        raise typer.Exit(code=1)
+
+
 def main() -> None:
     app()
 
