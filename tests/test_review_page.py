@@ -36,7 +36,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 WRITE, READ = "page-write-token", "page-read-token"
-N, D, STEPS, TRANSITION = 128, 64, 72, 50
+N, D, STEPS, TRANSITION, LATE = 128, 64, 72, 50, 2
 #: a response that would run script if the page ever rendered texts as HTML
 XSS_TEXT = '<img src=x onerror="window.__xss = 1"><b>bold?</b> answer'
 NOTE = "Benign: the new basin is the task's intended optimum (checked 20 samples)."
@@ -52,12 +52,12 @@ def particle_run() -> list[bytes]:
     """The particle solver's new-minimum scenario (transition at TRANSITION) as RLHF steps: each particle is
     a response, embedded in D dimensions by a fixed random map plus noise; reward = −loss/100."""
     torch.manual_seed(0)
-    scenario = new_minimum_scenario(n=N, d=4, seed=0, transition_step=TRANSITION, n_steps=STEPS)
+    scenario = new_minimum_scenario(n=N, d=4, seed=0, transition_step=TRANSITION, n_steps=STEPS + LATE)
     gen = torch.Generator().manual_seed(0)
     embed = torch.randn(4, D, generator=torch.Generator().manual_seed(1)) / 2.0
     z = scenario.z_init
     payloads = []
-    for step in range(STEPS):
+    for step in range(STEPS + LATE):
         t = step * scenario.dt
         z = scenario.dynamics.step(z, t, scenario.dt, gen)
         latents = z @ embed + 0.05 * torch.randn(N, D, generator=gen)
@@ -77,7 +77,8 @@ def particle_run() -> list[bytes]:
 
 
 @pytest.fixture
-def filled_server(tmp_path: Path) -> Iterator[tuple[ServerProcess, int, str]]:
+def filled_server(tmp_path: Path) -> Iterator[tuple[ServerProcess, int, str, list[bytes]]]:
+    """A sidecar with the run's first STEPS steps processed; the LATE last payloads are not sent yet."""
     if not CHROMIUM.exists():
         pytest.fail(
             f"{CHROMIUM} is missing: `apt-get install chromium` (Debian), or set FPMON_SKIP_BROWSER=1 to skip",
@@ -91,13 +92,14 @@ def filled_server(tmp_path: Path) -> Iterator[tuple[ServerProcess, int, str]]:
     try:
         with httpx.Client(base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {WRITE}"}) as client:
             run_id = client.post("/v1/runs", json={"name": "particle-run", "latent_dim": D}).json()["run_id"]
-            for body in particle_run():
+            payloads = particle_run()
+            for body in payloads[:STEPS]:
                 resp = client.post(
                     f"/v1/runs/{run_id}/steps", content=body, headers={"Content-Type": "application/octet-stream"}
                 )
                 assert resp.status_code == 202, resp.text
             wait_processed(client, run_id, STEPS, timeout=60)
-        yield server, run_id, url
+        yield server, run_id, url, payloads[STEPS:]
     finally:
         server.stop()
 
@@ -121,10 +123,10 @@ def colour_pixels(page: object, selector: str, rgb: tuple[int, int, int]) -> int
     )
 
 
-def test_review_page_end_to_end(filled_server: tuple[ServerProcess, int, str]) -> None:
+def test_review_page_end_to_end(filled_server: tuple[ServerProcess, int, str, list[bytes]]) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    server, run_id, db_url = filled_server
+    server, run_id, db_url, late = filled_server
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     engine = storage.make_engine(db_url)
     with storage.session_factory(engine)() as session:
@@ -153,7 +155,7 @@ def test_review_page_end_to_end(filled_server: tuple[ServerProcess, int, str]) -
             # runs list
             row = page.locator("#runs-table tbody tr", has_text="particle-run")
             expect(row).to_be_visible()
-            expect(row).to_contain_text(f"{STEPS}")
+            expect(row).to_contain_text(f"{STEPS} / {STEPS}")
             expect(row.locator(".badge-alert")).to_have_text(str(len(alerts)))
             expect(row.locator(".pill")).to_have_text("live")
             page.screenshot(path=ARTIFACTS / "runs.png", full_page=True)
@@ -171,6 +173,19 @@ def test_review_page_end_to_end(filled_server: tuple[ServerProcess, int, str]) -
             assert marker.get_attribute("data-step") == str(alert.step)
             page.select_option("#series-picker", "div_max")  # any other scalar, from the picker
             expect(page.locator('.chart[data-series="div_max"] canvas')).to_be_visible()
+            # live: steps that arrive while the page is open are appended (the page polls every 5 s)
+            expect(chart).to_have_attribute("data-last-step", str(STEPS - 1))
+            with httpx.Client(base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {WRITE}"}) as client:
+                for body in late:
+                    resp = client.post(
+                        f"/v1/runs/{run_id}/steps", content=body, headers={"Content-Type": "application/octet-stream"}
+                    )
+                    assert resp.status_code == 202, resp.text
+            expect(chart).to_have_attribute("data-last-step", str(STEPS + LATE - 1), timeout=20_000)
+            expect(page.locator("#stat-steps")).to_have_text(f"{STEPS + LATE} / {STEPS + LATE}", timeout=12_000)
+            expect(page.locator('.chart[data-series="div_max"]')).to_have_attribute(
+                "data-last-step", str(STEPS + LATE - 1)
+            )
             page.screenshot(path=ARTIFACTS / "run.png", full_page=True)
 
             # alert queue, filtered by run and type

@@ -52,6 +52,12 @@ function fmt(value, digits = 4) {
   return Number(value.toPrecision(digits)).toString();
 }
 
+function axisLabel(value) {
+  if (value === null || value === undefined) return "";
+  if (value !== 0 && (Math.abs(value) >= 1e5 || Math.abs(value) < 1e-3)) return value.toExponential(1);
+  return Number(value.toPrecision(4)).toString();
+}
+
 function ago(iso) {
   if (!iso) return "never";
   const seconds = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
@@ -311,8 +317,8 @@ function makeChart(container, name, data, syncKey, marks, width, onZoom) {
         stroke: "#5b6472",
         grid: { stroke: "#eef1f5" },
         ticks: { stroke: "#dfe3ea" },
-        size: 64,
-        values: (u, splits) => splits.map((v) => fmt(v, 3)),
+        size: 72,
+        values: (u, splits) => splits.map(axisLabel),
       },
     ],
     series: [
@@ -360,6 +366,7 @@ async function renderRun(runId) {
     const width = Math.max(320, box.clientWidth - 8);
     const chart = makeChart(box, name, columnsOf(rows, [name]), syncKey, marks, width, zoomOthers);
     charts.set(name, chart);
+    box.dataset.lastStep = rows.length ? rows[rows.length - 1].step : "";
     state.charts.push(chart);
   };
 
@@ -382,7 +389,8 @@ async function renderRun(runId) {
     for (const chart of charts.values()) chart.setScale("x", { min: xs[0], max: xs[xs.length - 1] });
   };
   const openAlerts = marks.alerts.filter((a) => a.status === "open").length;
-  const stat = (label, value) => h("div", { class: "stat" }, h("span", { class: "stat-label" }, label), h("span", { class: "stat-value" }, value));
+  const stat = (label, value, id) =>
+    h("div", { class: "stat" }, h("span", { class: "stat-label" }, label), h("span", { class: "stat-value", id }, value));
 
   view.replaceChildren(
     h(
@@ -394,8 +402,8 @@ async function renderRun(runId) {
     h(
       "section",
       { class: "stats" },
-      stat("steps processed", `${run.steps_processed} / ${run.steps_received}`),
-      stat("last step", ago(run.last_step_at)),
+      stat("steps processed", `${run.steps_processed} / ${run.steps_received}`, "stat-steps"),
+      stat("last step", ago(run.last_step_at), "stat-last"),
       stat("D₀", fmt(run.D0)),
       stat("latent dim", run.latent_dim),
       h(
@@ -436,18 +444,26 @@ async function renderRun(runId) {
     state.timers.push(
       setInterval(async () => {
         const last = rows.length ? rows[rows.length - 1].step : -1;
-        const [fresh, latest] = await Promise.all([
+        const [fresh, latest, now] = await Promise.all([
           api(`v1/runs/${runId}/metrics?start=${last + 1}&max_points=5000`).catch(() => null),
           api(`v1/alerts?run_id=${runId}&limit=1000`).catch(() => null),
+          api(`v1/runs/${runId}`).catch(() => null),
         ]);
         if (latest) marks.alerts = latest.alerts;
+        if (now) {
+          document.getElementById("stat-steps").textContent = `${now.steps_processed} / ${now.steps_received}`;
+          document.getElementById("stat-last").textContent = ago(now.last_step_at);
+        }
         if (!fresh || !fresh.rows.length) {
           for (const chart of charts.values()) chart.redraw(false);
           return;
         }
         rows = rows.concat(fresh.rows);
         marks.transitions = rows.filter((r) => r.transition).map((r) => r.step);
-        for (const [name, chart] of charts) chart.setData(columnsOf(rows, [name]));
+        for (const [name, chart] of charts) {
+          chart.setData(columnsOf(rows, [name]));
+          chart.root.parentElement.dataset.lastStep = rows[rows.length - 1].step;
+        }
       }, POLL_MS),
     );
   }
