@@ -1,0 +1,306 @@
+"""Overhead of the TRL hook on a training step: the toy GRPO run with the hook off, on, and on with the sidecar down.
+
+Run::
+
+    python benchmarks/bench_hook.py [--steps 25] [--repeats 3] [--threads 1] [--json PATH]
+
+The run is ``monitor.toy``'s GRPO task (a tiny Llama, 64 completions of ≤ 16 tokens per step, CPU); the policy is
+warmed up once and deep-copied for every run, so all runs start from the same weights with the same seed. Modes:
+
+- ``off``: no hook;
+- ``on, sidecar up``: ``FPEMonitorCallback`` and ``wrap_reward_funcs`` with a near-free bag-of-words embedder
+  (the hook's machinery alone: recording, copying, queueing, encoding, HTTP), shipping to a real ``fpmon serve``
+  (SQLite) on loopback, started once for the whole benchmark;
+- ``on, sidecar down``: the same, shipping to a loopback port nobody listens on (the client retries, then
+  spools to disk);
+- ``on + policy embedder, sidecar up``: the hook with its default embedder (a frozen copy of the initial
+  policy, ``monitor.embed.ModelEmbedder``): the machinery plus the embedding cost.
+
+Modes are interleaved (the order rotates from repeat to repeat) so that drifts of the machine's load hit all
+modes alike. Time per training step = wall time between consecutive ``on_step_end`` events (the hook's own
+``on_step_end`` included), the first step of each run dropped (warm-up). Reported per mode: median and IQR over
+all kept steps of all repeats; overhead = median(on) / median(off) − 1, with the range of the per-repeat
+ratios; the hook's own time on the training thread per step (reward recording + ``on_step_end``); and,
+separately, the embedding time per step spent in the client's background thread (``client.stats``), which
+competes with training for the CPU cores. The sidecar's compute worker runs on the same machine (in a real
+deployment it has its own). The script prints a table and exits 0 (it measures, it does not test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+import storage
+from monitor.client import ClientConfig, MonitorClient
+from monitor.toy.grpo import ToyRunConfig, build_grpo_trainer, build_policy
+from monitor.trl import FPEMonitorCallback, wrap_reward_funcs
+
+OFF, UP, DOWN, UP_EMBED = "off", "on, sidecar up", "on, sidecar down", "on + policy embedder, sidecar up"
+MODES = (OFF, UP, DOWN, UP_EMBED)
+
+
+class BagOfWords:
+    """A near-free embedder: token counts over the toy vocabulary, texts → (n, V) (≈1 ms for 64 texts).
+    It isolates the hook's machinery (recording, copying, queueing, HTTP or spool) from embedding cost."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tok = tokenizer
+        self.size = len(tokenizer)
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        ids = self.tok(list(texts), add_special_tokens=False)["input_ids"]
+        out = torch.zeros(len(ids), self.size)
+        for i, row in enumerate(ids):
+            out[i].index_add_(0, torch.tensor(row, dtype=torch.long), torch.ones(len(row)))
+        return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """``fpmon serve`` in a child process on an ephemeral loopback port."""
+
+    def __init__(self, database_url: str, log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "monitor.cli", "serve", "--port", str(self.port), "--database-url", database_url]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("server did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class StepTimer(TrainerCallback):
+    """Per training step, between consecutive ``on_step_end`` events (the first from ``on_train_begin``): wall
+    time, CPU time of the training thread (``time.thread_time``: the hook's own work there, insensitive to other
+    processes' load) and CPU time of the whole process (``time.process_time``: also the client's background
+    thread). Registered after the hook, so the hook's ``on_step_end`` is inside the interval."""
+
+    def __init__(self) -> None:
+        self.last = (0.0, 0.0, 0.0)
+        self.wall: list[float] = []
+        self.thread: list[float] = []
+        self.process: list[float] = []
+
+    @staticmethod
+    def _now() -> tuple[float, float, float]:
+        return time.perf_counter(), time.thread_time(), time.process_time()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.last = self._now()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        now = self._now()
+        self.wall.append(now[0] - self.last[0])
+        self.thread.append(now[1] - self.last[1])
+        self.process.append(now[2] - self.last[2])
+        self.last = now
+
+
+class TimedHook(FPEMonitorCallback):
+    """The hook, with the time it spends on the training thread (``on_step_end`` and the reward wrappers'
+    recording) accumulated: wall time and CPU time of the thread."""
+
+    wall_seconds = 0.0
+    cpu_seconds = 0.0
+
+    def _timed(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        w0, c0 = time.perf_counter(), time.thread_time()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self.wall_seconds += time.perf_counter() - w0
+            self.cpu_seconds += time.thread_time() - c0
+
+    def on_step_end(self, *args: Any, **kwargs: Any) -> None:
+        self._timed(super().on_step_end, *args, **kwargs)
+
+    def _record(self, *args: Any, **kwargs: Any) -> None:  # called by the reward wrappers
+        self._timed(super()._record, *args, **kwargs)
+
+
+def one_run(
+    mode: str, repeat: int, cfg: ToyRunConfig, policy: Any, tok: Any, server_url: str, down_url: str, tmp: Path
+) -> dict[str, Any]:
+    timer = StepTimer()
+    model = copy.deepcopy(policy)
+    client: MonitorClient | None = None
+    hook: TimedHook | None = None
+    if mode == OFF:
+        trainer = build_grpo_trainer(cfg, callbacks=[timer], model=model, tokenizer=tok, output_dir=tmp / "out")
+    else:
+        url = down_url if mode == DOWN else server_url
+        name = f"bench-{MODES.index(mode)}-{repeat}"
+        client = MonitorClient(url, run_name=name, config=ClientConfig(spool_dir=tmp / f"spool-{name}"))
+        hook = TimedHook(client, embedder=None if mode == UP_EMBED else BagOfWords(tok))
+        trainer = build_grpo_trainer(
+            cfg,
+            callbacks=[hook, timer],
+            reward_wrapper=lambda fs: wrap_reward_funcs(fs, hook),
+            model=model,
+            tokenizer=tok,
+            output_dir=tmp / "out",
+        )
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    torch.manual_seed(cfg.seed)
+    trainer.train()
+    out: dict[str, Any] = {
+        "mode": mode,
+        "repeat": repeat,
+        "wall": timer.wall[1:],
+        "thread": timer.thread[1:],
+        "process": timer.process[1:],
+    }
+    if client is not None and hook is not None:
+        t0 = time.perf_counter()
+        client.flush(60)
+        stats = client.stats
+        out.update(
+            flush_s=time.perf_counter() - t0,
+            embed_s_per_step=stats.embed_seconds / max(1, hook.stats.steps_shipped),
+            hook_wall_s_per_step=hook.wall_seconds / max(1, len(timer.wall)),
+            hook_cpu_s_per_step=hook.cpu_seconds / max(1, len(timer.wall)),
+            sent=stats.sent,
+            spooled=stats.spooled,
+            hook_errors=dict(hook.stats.errors),
+        )
+        client.close(5)
+    return out
+
+
+def quartiles(xs: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return q[0], statistics.median(xs), q[2]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=25, help="training steps per run (the first is dropped)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per mode, interleaved")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (intra-op)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="write the raw step times here")
+    args = parser.parse_args(argv)
+    if args.steps < 3 or args.repeats < 1:
+        parser.error("--steps must be ≥ 3 and --repeats ≥ 1")
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.ERROR)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    cfg = ToyRunConfig(seed=args.seed, max_steps=args.steps, progress_bar=False)
+    t0 = time.perf_counter()
+    policy, tok = build_policy(cfg)
+    print(f"policy warmed up in {time.perf_counter() - t0:.1f} s; {cfg.completions_per_step} completions per step")
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        db = f"sqlite:///{tmp / 'fpmon.db'}"
+        storage.upgrade(db)
+        server = Server(db, tmp / "server.log")
+        down_url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
+        try:
+            for r in range(args.repeats):
+                order = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]
+                for mode in order:
+                    res = one_run(mode, r, cfg, policy, tok, server.url, down_url, tmp)
+                    med = statistics.median(res["wall"])
+                    print(f"repeat {r} {mode:34s} median step {1000 * med:7.1f} ms", flush=True)
+                    results.append(res)
+        finally:
+            server.stop()
+
+    def pooled(mode: str, key: str) -> list[float]:
+        return [x for res in results if res["mode"] == mode for x in res[key]]
+
+    off = {key: statistics.median(pooled(OFF, key)) for key in ("wall", "thread", "process")}
+    load = os.getloadavg()
+    print()
+    print(f"torch {torch.__version__}, {args.threads} torch thread(s), {os.cpu_count()} CPU cores, load average now ")
+    print(
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min); {args.repeats} repeats × {args.steps - 1} timed "
+    )
+    print(f"steps per mode; {cfg.completions_per_step} completions per step")
+    print()
+    print(
+        "| mode | wall ms/step, median (IQR) | wall overhead (per repeat) | training-thread CPU ms/step | "
+        "its overhead | process CPU ms/step | its overhead | hook on the training thread, ms/step | "
+        "embedding ms/step (background) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    for m in MODES:
+        q1, med, q3 = quartiles(pooled(m, "wall"))
+        thread = statistics.median(pooled(m, "thread"))
+        proc = statistics.median(pooled(m, "process"))
+        runs = [res for res in results if res["mode"] == m]
+        if m == OFF:
+            over = t_over = p_over = hook_ms = embed = "—"
+        else:
+            ratios = [
+                statistics.median(res["wall"]) / statistics.median(o["wall"]) - 1
+                for res in runs
+                for o in results
+                if o["mode"] == OFF and o["repeat"] == res["repeat"]
+            ]
+            over = f"{100 * (med / off['wall'] - 1):+.1f} % ({100 * min(ratios):+.0f} … {100 * max(ratios):+.0f} %)"
+            t_over = f"{100 * (thread / off['thread'] - 1):+.1f} %"
+            p_over = f"{100 * (proc / off['process'] - 1):+.1f} %"
+            hook_wall = 1000 * statistics.mean(res["hook_wall_s_per_step"] for res in runs)
+            hook_cpu = 1000 * statistics.mean(res["hook_cpu_s_per_step"] for res in runs)
+            hook_ms = f"{hook_cpu:.2f} CPU, {hook_wall:.2f} wall"
+            embed = f"{1000 * statistics.mean(res['embed_s_per_step'] for res in runs):.1f}"
+        print(
+            f"| {m} | {1000 * med:.0f} ({1000 * q1:.0f}–{1000 * q3:.0f}) | {over} | {1000 * thread:.0f} | {t_over} | "
+            f"{1000 * proc:.0f} | {p_over} | {hook_ms} | {embed} |"
+        )
+    print()
+    for res in results:
+        if res["mode"] != OFF:
+            print(
+                f"repeat {res['repeat']} {res['mode']}: sent {res['sent']}, spooled {res['spooled']}, "
+                f"final flush {res['flush_s']:.2f} s, hook errors {res['hook_errors'] or 'none'}"
+            )
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
