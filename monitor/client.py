@@ -678,12 +678,19 @@ class MonitorClient:
                 self._sink = HttpSink(self.url, self._token, self.config.timeout_s)
         return self._sink
 
-    def _deliver(self, step: int, body: bytes, latent_dim: int) -> None:
-        """One attempt; raises DeliveryError."""
+    def _deliver(self, body: bytes, info: RunInfo) -> None:
+        """One attempt (the run is created first if needed); raises DeliveryError. A 404 on the step (the
+        run vanished: a fresh database behind the same URL) re-creates the run once."""
         sink = self._get_sink()
-        run_id = sink.ensure_run(self._info(latent_dim))
-        self.run_id = run_id
-        sink.post_step(run_id, body)
+        self.run_id = sink.ensure_run(info)
+        try:
+            sink.post_step(self.run_id, body)
+        except DeliveryError as exc:
+            if exc.status != 404 or not isinstance(sink, HttpSink):
+                raise
+            sink.forget_run(info.name)
+            self.run_id = sink.ensure_run(info)
+            sink.post_step(self.run_id, body)
 
     def _note_failure(self, exc: DeliveryError) -> None:
         with self._cond:
@@ -749,7 +756,7 @@ class MonitorClient:
                 break
             if in_hand is not None and now >= next_attempt:
                 try:
-                    self._deliver(in_hand.step, in_hand.body or b"", in_hand.latent_dim)
+                    self._deliver(in_hand.body or b"", self._info(in_hand.latent_dim))
                 except DeliveryError as exc:
                     self._note_failure(exc)
                     if not exc.retryable:
@@ -828,10 +835,7 @@ class MonitorClient:
             if offline and not sink.healthy():
                 raise DeliveryError("the sidecar does not answer /healthz", retryable=True)
             info = self._spool.read_info() or infer_info(self._spool, step)
-            body = self._spool.read_step(step)
-            run_id = sink.ensure_run(info)
-            self.run_id = run_id
-            sink.post_step(run_id, body)
+            self._deliver(self._spool.read_step(step), info)
         except DeliveryError as exc:
             self._note_failure(exc)
             if not exc.retryable:

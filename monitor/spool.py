@@ -283,6 +283,10 @@ class HttpSink:
         self._run_ids[info.name] = run_id
         return run_id
 
+    def forget_run(self, name: str) -> None:
+        """Drop the cached id of run ``name`` (the next :meth:`ensure_run` asks the server again)."""
+        self._run_ids.pop(name, None)
+
     def post_step(self, run_id: int, body: bytes) -> Literal["queued", "duplicate"]:
         """Send one step payload: ``queued`` (202) or ``duplicate`` (200, the server already had it)."""
         resp = self._request(

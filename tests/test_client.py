@@ -103,7 +103,7 @@ def test_real_sidecar_embeds_responses_in_background(tmp_path: Path, database_ur
     """A real `fpmon serve` (SQLite and PostgreSQL): 30 steps given as responses + an embedder arrive once
     each, in order, and are processed; the texts are stored with the samples."""
     storage.upgrade(database_url)
-    server = ServerProcess(database_url, tmp_path / "server.log").start()
+    server = ServerProcess(database_url, tmp_path / "server.log", FPMON_WORKER_MODE="thread").start()
     config = ClientConfig(spool_dir=tmp_path / "spool", timeout_s=5, poll_alerts_s=0.2)
     try:
         with MonitorClient(server.url, run_name="embedded", embedder=text_embedder, config=config) as client:

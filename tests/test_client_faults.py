@@ -227,6 +227,10 @@ def test_sidecar_killed_and_restarted_mid_run_loses_no_step(tmp_path: Path) -> N
             assert (run["steps_received"], run["steps_processed"]) == (40, 40)
             rows = http.get(f"/v1/runs/{run['run_id']}/metrics").json()["rows"]
         assert step_rows(db, "killed") == [(s, "done") for s in range(40)]
+        deadline = time.monotonic() + 10  # the alerts, polled by the background thread over HTTP
+        while not client.alerts() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert client.alerts() and 28 <= min(a["step"] for a in client.alerts()) <= 31
         expected = reference_scalars([step_payload(s, seed=6, onset=28) for s in range(40)])
         for row in rows:
             for name, value in row["scalars"].items():
@@ -312,3 +316,17 @@ def test_sync_reports_rejections_and_an_unreachable_sidecar(tmp_path: Path, fake
     assert "different content" in (spool.path / "rejected" / "step-0000000002.txt").read_text()
     again = runner.invoke(app, ["sync", str(tmp_path / "spool"), "--url", fake.url])
     assert again.exit_code == 0 and fake.accepted == [0, 1, 3]
+
+
+def test_a_vanished_run_is_created_again(tmp_path: Path, fake: FakeSidecar) -> None:
+    """A 404 on a step (the sidecar's database was replaced behind the same URL) re-creates the run once
+    and sends the step again, instead of rejecting it."""
+    with MonitorClient(fake.url, run_name="recreated", config=fast(tmp_path)) as client:
+        observe(client, payloads(1, seed=12)[0])
+        assert client.flush(30)
+        fake.failures = [404]
+        observe(client, payloads(2, seed=12)[1])
+        assert client.flush(30)
+        stats = client.stats
+    assert (stats.sent, stats.rejected, stats.spooled) == (2, 0, 0)
+    assert fake.run_posts == 2 and fake.accepted == [0, 1]
