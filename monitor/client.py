@@ -343,7 +343,16 @@ class MonitorClient:
         config: ClientConfig | None = None,
     ) -> None:
         self.config = config or ClientConfig()
-        self.url = url.rstrip("/") if url else None
+        if url is not None:
+            import httpx
+
+            try:
+                parsed = httpx.URL(url)
+            except httpx.InvalidURL as exc:
+                raise ValueError(f"url {url!r} is not a URL ({exc}); e.g. http://127.0.0.1:8700") from exc
+            if parsed.scheme not in ("http", "https") or not parsed.host:
+                raise ValueError(f"url must be http(s)://host:port, got {url!r}; url=None monitors in-process")
+        self.url = url.rstrip("/") if url is not None else None
         self.run_name = run_name
         self._spool = RunSpool(self.config.spool_dir, run_name)  # validates the name
         self._token = token if token is not None else os.environ.get("FPMON_TOKEN")

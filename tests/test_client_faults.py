@@ -330,3 +330,26 @@ def test_a_vanished_run_is_created_again(tmp_path: Path, fake: FakeSidecar) -> N
         stats = client.stats
     assert (stats.sent, stats.rejected, stats.spooled) == (2, 0, 0)
     assert fake.run_posts == 2 and fake.accepted == [0, 1]
+
+
+def test_unwritable_spool_counts_dropped_with_an_error_log(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No sidecar and a spool that cannot be written (its parent is a file): the steps are counted as
+    dropped and each loss is logged as an error — never silent — and observe still never raises."""
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the spool's parent folder should be")
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    closed.close()
+    config = fast(tmp_path, spool_dir=blocker / "spool", max_retries=0)
+    with caplog.at_level("ERROR", logger="fpmon.client"):
+        client = MonitorClient(url, run_name="nowhere", config=config)
+        for p in payloads(3, seed=13):
+            observe(client, p)
+        client.close(timeout=10)
+    stats = client.stats
+    assert (stats.dropped, stats.spooled, stats.sent, stats.queued_steps) == (3, 0, 0, 0)
+    assert "could not be written" in (stats.last_error or "")
+    assert sum("DROPPED" in r.getMessage() for r in caplog.records) == 3
+    with pytest.raises(ValueError, match="http"):
+        MonitorClient("ftp://example.org", run_name="x", config=config)
