@@ -373,9 +373,9 @@ def test_metrics_downsampling_keeps_first_last_and_even_ranks(session: Session) 
     assert rows[1]["scalars"] == {"x": 3.0, "y": -3.0}
     rows = metrics(session, run.id, names=["x", "missing"], start=2, end=8, max_points=3)
     assert rows == [
-        {"step": 2, "scalars": {"x": 2.0, "missing": None}},
-        {"step": 5, "scalars": {"x": 5.0, "missing": None}},
-        {"step": 8, "scalars": {"x": 8.0, "missing": None}},
+        {"step": 2, "scalars": {"x": 2.0, "missing": None}, "transition": None},
+        {"step": 5, "scalars": {"x": 5.0, "missing": None}, "transition": None},
+        {"step": 8, "scalars": {"x": 8.0, "missing": None}, "transition": None},
     ]
     assert [r["step"] for r in metrics(session, run.id, max_points=100)] == list(range(10))
     with pytest.raises(ValueError, match="max_points"):
