@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import csv
 import functools
+import hashlib
 import json
 import math
 import time
@@ -93,6 +94,15 @@ class RecordConfig:
     def toy_config(self, seed: int) -> ToyRunConfig:
         extra: dict[str, Any] = {} if self.warmup_steps is None else {"warmup_steps": self.warmup_steps}
         return ToyRunConfig(seed=seed, max_steps=self.max_steps, progress_bar=False, **extra)
+
+
+def toy_source_digest() -> str:
+    """sha256 over the toy task's source files (``monitor/toy/*.py``): which toy a recording was made with."""
+    h = hashlib.sha256()
+    for path in sorted(Path(task.__file__).parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
 
 
 def run_name(kind: RunKind, seed: int) -> str:
@@ -249,7 +259,7 @@ class StepRecorder:
 
 
 def build_embedders(names: Sequence[str], reference: torch.nn.Module, tokenizer: Any) -> dict[str, Embedder]:
-    """The embedders named (see :data:`EMBEDDERS`), on the CPU, deterministic."""
+    """The embedders named (see :data:`EMBEDDERS`), on the CPU; both embed the completion text alone."""
     from monitor.embed import ModelEmbedder, SentenceTransformerEmbedder
 
     out: dict[str, Embedder] = {}
@@ -257,10 +267,15 @@ def build_embedders(names: Sequence[str], reference: torch.nn.Module, tokenizer:
         if name == "model":
             out[name] = ModelEmbedder(reference, tokenizer)
         elif name == "minilm":
-            out[name] = SentenceTransformerEmbedder()
+            out[name] = SentenceTransformerEmbedder(device="cpu")
         else:
             raise ValueError(f"unknown embedder {name!r}; choose from {EMBEDDERS}")
     return out
+
+
+def embedder_source(embedders: dict[str, Embedder]) -> dict[str, str]:
+    """name -> the class used (module-qualified), for the run's record."""
+    return {k: f"{type(v).__module__}.{type(v).__qualname__}" for k, v in embedders.items()}
 
 
 def record_run(config: RecordConfig, kind: RunKind, seed: int, log: Callable[[str], None] = print) -> Path:
@@ -276,12 +291,13 @@ def record_run(config: RecordConfig, kind: RunKind, seed: int, log: Callable[[st
     reference = copy.deepcopy(policy).eval()
     for p in reference.parameters():
         p.requires_grad_(False)
+    embedders = build_embedders(config.embedders, reference, tokenizer)
     recorder = StepRecorder(
         run_dir=run_dir,
         policy=policy,
         reference=reference,
         tokenizer=tokenizer,
-        embedders=build_embedders(config.embedders, reference, tokenizer),
+        embedders=embedders,
         lr=toy.learning_rate,
     )
     t1 = time.perf_counter()
@@ -301,7 +317,9 @@ def record_run(config: RecordConfig, kind: RunKind, seed: int, log: Callable[[st
         "kind": kind,
         "seed": seed,
         "embedders": list(config.embedders),
+        "embedder_classes": embedder_source(embedders),
         "toy_config": asdict(toy),
+        "toy_source_sha256": toy_source_digest(),
         "steps": len(recorder.rows),
         "completions_per_step": toy.completions_per_step,
         "seconds": {"warmup": t1 - t0, "train_and_record": t2 - t1},
