@@ -806,13 +806,11 @@ class MonitorClient:
                 continue
             try:
                 built = self._build(item)
-            except Exception as exc:  # the embedder failed: nothing to send or to write
+            except Exception as exc:  # the embedder failed (or returned garbage): nothing to send or to write
                 with self._cond:
                     self._dropped += 1
                     self._last_error = f"step {item.step}: {type(exc).__name__}: {exc}"
-                self._log_once(
-                    "embed", logging.ERROR, "step %d DROPPED: could not embed the responses: %s", item.step, exc
-                )
+                log.error("step %d DROPPED: could not embed the responses into a payload: %s", item.step, exc)
                 self._resolved()
                 continue
             if self._latent_dim is None:

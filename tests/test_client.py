@@ -196,3 +196,36 @@ def test_spool_building_blocks(tmp_path: Path) -> None:
     custom = MonitorConfig(warmup_steps=5, fpe=FPEConfig(k=4))
     assert monitor_config_diff(custom) == {"warmup_steps": 5, "fpe": {"k": 4}}
     assert MonitorConfig.from_dict(monitor_config_diff(custom)) == custom
+
+
+def test_embedder_failure_drops_that_step_with_an_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An embedder that raises (or returns the wrong shape) in the background: that step is counted as
+    dropped with an error log, the other steps go through, and observe never raised."""
+
+    def broken(texts: list[str]) -> torch.Tensor:
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    def wrong_shape(texts: list[str]) -> torch.Tensor:
+        return torch.zeros(len(texts) + 1, 16)
+
+    db = f"sqlite:///{tmp_path / 'emb.db'}"
+    config = ClientConfig(spool_dir=tmp_path / "spool", database_url=db)
+    responses = [[f"step {s} answer {i}" for i in range(8)] for s in range(4)]
+    client = MonitorClient(url=None, run_name="emb", embedder=text_embedder, config=config)
+    with caplog.at_level("ERROR", logger="fpmon.client"):
+        client.observe(0, responses[0])
+        client.observe(1, responses[1], embedder=broken)
+        client.observe(2, responses[2], embedder=wrong_shape)
+        client.observe(3, responses[3])
+        assert client.flush(60)
+        client.close()
+    stats = client.stats
+    assert (stats.sent, stats.dropped, stats.rejected, stats.spooled) == (2, 2, 0, 0)
+    assert "embed" in (stats.last_error or "")
+    dropped_logs = [r.getMessage() for r in caplog.records if "DROPPED" in r.getMessage()]
+    assert len(dropped_logs) == 2 and "out of memory" in dropped_logs[0] and "shape (9, 16)" in dropped_logs[1]
+    engine = storage.make_engine(db)
+    with storage.session_factory(engine)() as session:
+        run = storage.get_run_by_name(session, "emb")
+        assert run is not None and [s.step for s in storage.list_steps(session, run.id)] == [0, 3]
+    engine.dispose()
