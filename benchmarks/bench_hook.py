@@ -17,13 +17,16 @@ warmed up once and deep-copied for every run, so all runs start from the same we
   policy, ``monitor.embed.ModelEmbedder``): the machinery plus the embedding cost.
 
 Modes are interleaved (the order rotates from repeat to repeat) so that drifts of the machine's load hit all
-modes alike. Time per training step = wall time between consecutive ``on_step_end`` events (the hook's own
-``on_step_end`` included), the first step of each run dropped (warm-up). Reported per mode: median and IQR over
-all kept steps of all repeats; overhead = median(on) / median(off) − 1, with the range of the per-repeat
-ratios; the hook's own time on the training thread per step (reward recording + ``on_step_end``); and,
-separately, the embedding time per step spent in the client's background thread (``client.stats``), which
-competes with training for the CPU cores. The sidecar's compute worker runs on the same machine (in a real
-deployment it has its own). The script prints a table and exits 0 (it measures, it does not test).
+modes alike. Per training step (between consecutive ``on_step_end`` events, the hook's own ``on_step_end``
+included; the first step of each run dropped as warm-up) it records wall time, the training thread's CPU time
+(``time.thread_time``) and the process's CPU time (``time.process_time``, which adds the client's background
+thread). Reported per mode: medians over all kept steps of all repeats (IQR for wall time), overheads =
+median(on) / median(off) − 1 (for wall time also the range of the per-repeat ratios), the hook's own time on
+the training thread (reward recording + ``on_step_end``), and, separately, the embedding time per step spent in
+the client's background thread (``client.stats.embed_seconds``). Wall time is what training feels, but on a
+shared machine other processes' load makes it noisy; the CPU times are much less affected by that load. The
+sidecar's compute worker runs on the same machine (in a real deployment it has its own). The script prints a
+Markdown table and exits 0 (it measures, it does not test).
 """
 
 from __future__ import annotations
