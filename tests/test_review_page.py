@@ -187,6 +187,9 @@ def test_review_page_end_to_end(filled_server: tuple[ServerProcess, int, str, li
                 "data-last-step", str(STEPS + LATE - 1)
             )
             page.screenshot(path=ARTIFACTS / "run.png", full_page=True)
+            marker.click()  # the alert's flag on the time axis opens the alert
+            expect(page).to_have_url(re.compile(rf"#/alerts/{alert.id}$"))
+            expect(page.locator("#samples-flagged li.sample")).to_have_count(8)
 
             # alert queue, filtered by run and type
             page.click("[data-nav=alerts]")
@@ -206,6 +209,26 @@ def test_review_page_end_to_end(filled_server: tuple[ServerProcess, int, str, li
             expect(page.locator("#observables")).to_contain_text("W2_ref")
             expect(page.locator("#map")).to_be_visible()
             assert colour_pixels(page, "#map", FLAGGED_RGB) > 50
+            spot = page.evaluate(
+                """(rgb) => {
+                    const canvas = document.querySelector("#map");
+                    const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+                    for (let i = 0; i < data.length; i += 4) {
+                        if (Math.abs(data[i] - rgb[0]) <= 12 && Math.abs(data[i + 1] - rgb[1]) <= 12
+                            && Math.abs(data[i + 2] - rgb[2]) <= 12) {
+                            const ratio = canvas.width / canvas.clientWidth;
+                            return [((i / 4) % canvas.width) / ratio, Math.floor(i / 4 / canvas.width) / ratio];
+                        }
+                    }
+                    return null;
+                }""",
+                list(FLAGGED_RGB),
+            )
+            box = page.locator("#map").bounding_box()
+            assert spot is not None and box is not None
+            page.mouse.move(box["x"] + spot[0], box["y"] + spot[1] + 3)  # onto a flagged point: its text shows
+            expect(page.locator(".tooltip")).to_be_visible()
+            expect(page.locator(".tooltip")).to_contain_text(f"Step {alert.step}, response")
             expect(page.locator("#samples-reference li.sample").first).to_contain_text(XSS_TEXT)
             assert page.evaluate("window.__xss") is None
             flagged_text = page.locator("#samples-flagged li.sample").first.inner_text()
