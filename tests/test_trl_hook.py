@@ -583,6 +583,35 @@ def test_probes_do_not_touch_the_training_rng() -> None:
     assert call["step"] == 0 and len(call["responses"]) == 4
 
 
+def test_probes_are_scored_by_the_wrapped_functions_and_on_policy_records_win() -> None:
+    client = FakeClient()
+    cb = FPEMonitorCallback(
+        client, embedder=PoolEmbedder(), probe_prompts=["say a", "say b"], probe_every=2, probe_samples_per_prompt=2
+    )
+    (scorer,) = wrap_reward_funcs([count_a], cb)  # for scoring only: no trainer calls it
+    args = TrainingArguments(output_dir="/tmp/unused", report_to=[], use_cpu=True)
+    state, control = TrainerState(), TrainerControl()
+    model = tiny_model()
+    cb.on_train_begin(args, state, control, model=model, processing_class=tiny_tokenizer())
+    assert client.calls == []  # reward functions are wrapped: no step-0 probe
+    state.global_step = 1
+    cb.on_step_end(args, state, control, model=model)  # not a probe step
+    state.global_step = 2
+    cb.on_step_end(args, state, control, model=model)
+    (probe,) = client.calls
+    assert probe["step"] == 2 and probe["sample_ids"] == ["p0-0", "p0-1", "p1-0", "p1-1"]
+    assert probe["prompts"] == ["say a", "say a", "say b", "say b"]
+    assert probe["rewards"].tolist() == count_a(probe["prompts"], probe["responses"])
+    # a probe step with on-policy records ships the records, and probes stop for good
+    state.global_step = 4
+    scorer(prompts=["say a", "say b"], completions=["a", "b"], trainer_state=state)
+    cb.on_step_end(args, state, control, model=model)
+    state.global_step = 6
+    cb.on_step_end(args, state, control, model=model)
+    assert [c["step"] for c in client.calls] == [2, 4] and client.calls[1]["responses"] == ["a", "b"]
+    assert cb.stats.probe_steps == 1 and not cb.stats.errors
+
+
 @pytest.mark.parametrize("mode", ["sidecar", "in-process"])
 def test_ppo_style_loop_with_client_observe(mode: str, sidecar: Any, tmp_path: Path) -> None:
     """A loop outside TRL: sample, score, clipped-ratio policy-gradient update, client.observe."""
