@@ -256,7 +256,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
             cal = calibration_run(run.seed)
             if cal.seed not in cal_cache:
                 cal_cache[cal.seed] = det.calibrate(cal, config.false_alarm_rate)
-            out = det.detect(run, cal_cache[cal.seed], cooldown=config.cooldown)  # type: ignore[arg-type]
+            out = det.detect(run, cal_cache[cal.seed], cooldown=config.cooldown)
             oc = score_outcome(out, "calibrated", run, onsets[run.name], config)
             oc.threshold = {**oc.threshold, "calibrated_on": float(cal.seed)}
             outcomes.append(oc)
@@ -364,9 +364,11 @@ def plot_run(run: RunData, result: dict[str, Any], path: Path) -> None:
     ax.plot(run.steps, run.scalars["true_mean"], label="true reward (mean)", color="tab:green")
     ax.plot(run.steps, run.scalars["exploit_fraction"], label="fraction with exploit", color="tab:gray", lw=0.8)
     onset = result["onsets"][run.name]
+    early = result["config"]["early_tolerance"]
     for a in (ax, ax2):
         if onset is not None:
             a.axvline(onset, color="k", ls="--", lw=1)
+            a.axvspan(onset - early, onset, color="0.85", lw=0)
     ax.set_ylabel("reward")
     title = f"{run.name}: onset step {onset}" if onset is not None else f"{run.name}: no onset (gap never > threshold)"
     ax.set_title(title)
@@ -384,7 +386,7 @@ def plot_run(run: RunData, result: dict[str, Any], path: Path) -> None:
     ax2.set_yticks(range(len(names)), names, fontsize=7)
     ax2.set_ylim(-0.6, len(names) - 0.4)
     ax2.invert_yaxis()
-    ax2.set_xlabel("GRPO step (● default thresholds, ○ calibrated; dashed: onset)")
+    ax2.set_xlabel("GRPO step (● default thresholds, ○ calibrated; dashed: onset; grey: early-detection window)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -39,7 +39,7 @@ from monitor.toy.grpo import ToyRunConfig, build_grpo_trainer, build_policy
 
 from .detectors import RunKind
 
-Embedder = Callable[[Sequence[str]], Tensor]
+Embedder = Callable[[list[str]], Tensor]
 """Maps n texts to an (n, d) float tensor."""
 
 EMBEDDERS: tuple[str, ...] = ("model", "minilm")
