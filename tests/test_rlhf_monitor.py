@@ -162,3 +162,16 @@ def test_calibration_step_reports_the_rescaled_warmup_scalars() -> None:
     # C changed by the calibration (D0 != 1), the D0-free scalars did not
     assert rescaled[2]["H"] == reports[2].scalars["H"]
     assert rescaled[2]["C"] != pytest.approx(reports[2].scalars["C"])
+
+
+def test_monitor_config_survives_strict_json_with_infinite_tau_D() -> None:
+    """tau_D = inf (the default) must survive a strict-JSON round trip, as a run's stored config does."""
+    import json
+    import math
+
+    cfg = MonitorConfig()
+    assert math.isinf(cfg.fpe.tau_D)
+    text = json.dumps(cfg.to_dict(), allow_nan=False)  # raises if any inf/NaN is left in the dict
+    again = MonitorConfig.from_dict(json.loads(text))
+    assert math.isinf(again.fpe.tau_D)
+    assert again.to_dict() == cfg.to_dict()

@@ -6,6 +6,7 @@ Every default below is chosen from the measured table in ``docs/estimators.md`` 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
@@ -94,8 +95,11 @@ class FPEConfig:
             raise ValueError(f"FPEConfig.cov_floor must be > 0, got {self.cov_floor}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (``tau_D = inf`` is kept as the float ``inf``)."""
-        return asdict(self)
+        """Strict-JSON form: ``tau_D = inf`` (no decay) is written as ``None`` (JSON has no infinity)."""
+        data = asdict(self)
+        if math.isinf(self.tau_D):
+            data["tau_D"] = None
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FPEConfig:
@@ -104,4 +108,6 @@ class FPEConfig:
         unknown = set(data) - valid
         if unknown:
             raise ValueError(f"unknown FPEConfig keys {sorted(unknown)}; valid keys are {sorted(valid)}")
+        if "tau_D" in data and data["tau_D"] is None:  # no decay (how to_dict and JSON columns write inf)
+            data = {**data, "tau_D": float("inf")}
         return cls(**data)
