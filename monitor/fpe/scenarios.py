@@ -298,6 +298,117 @@ def reset_escape_scenario(
     )
 
 
+@dataclass(frozen=True)
+class BarrierLoss:
+    """Per-sample loss of :func:`barrier_crossing_scenario`, a callable ``loss(z, t) -> (n,)``.
+
+    min(L_a, L_b) with L_a = ½ k_a ‖z − a‖² and L_b = ½ k_b ‖z − b‖² − depth(t), depth(t) =
+    ``depth_before`` for t < ``t_switch`` and ``depth_after`` from then on. Lowering L_b moves the ridge
+    {L_a = L_b} towards a: the barrier between the wells drops but does not vanish, so particles cross it
+    one by one by thermal activation (unlike :class:`TwoWellLoss` in :func:`new_minimum_scenario`, whose new
+    basin swallows the old minimum at once).
+    """
+
+    a: Tensor
+    b: Tensor
+    k_a: float
+    k_b: float
+    depth_before: float
+    depth_after: float
+    t_switch: float
+
+    def __call__(self, z: Tensor, t: float) -> Tensor:
+        a = self.a.to(device=z.device, dtype=z.dtype)
+        b = self.b.to(device=z.device, dtype=z.dtype)
+        depth = self.depth_before if t < self.t_switch else self.depth_after
+        loss_a = 0.5 * self.k_a * (z - a).pow(2).sum(dim=1)
+        loss_b = 0.5 * self.k_b * (z - b).pow(2).sum(dim=1) - depth
+        return torch.minimum(loss_a, loss_b)
+
+
+def barrier_crossing_scenario(
+    n: int = 256,
+    d: int = 4,
+    seed: int = 0,
+    transition_step: int = 120,
+    n_steps: int = 240,
+    dt: float = 0.1,
+    distance: float = 8.0,
+    k_a: float = 7.0,
+    k_b: float = 2.5,
+    sigmas_before: float = 6.0,
+    sigmas_after: float = 2.0,
+    config: DynamicsConfig | None = None,
+) -> Scenario:
+    """At ``transition_step`` the barrier in front of a deeper well drops; particles cross it one by one.
+
+    Loss :class:`BarrierLoss`: both wells exist throughout; the ridge {L_a = L_b} crosses the a–b axis at
+    ``sigmas_before`` · σ_a from a until the switch (no particle reaches it: a 6 σ event per particle and
+    step), then at ``sigmas_after`` · σ_a (σ_a² the chain's stationary variance in the first well, the
+    same as :func:`new_minimum_scenario`'s). After the switch each particle's projection on the a–b axis
+    exceeds the ridge with probability ≈ 1 − Φ(``sigmas_after``) ≈ 2.3 % per step (consecutive steps are
+    nearly independent, η₀ k_a dt = 0.7), so the cloud leaks into the b well over tens of steps: an
+    activated, gradual transition — the hard case for a detector, unlike the sudden one of
+    :func:`new_minimum_scenario`. Dynamics as in :func:`new_minimum_scenario` (η₀ = 1, τ_η = τ_D = inf,
+    the seed's other defaults) unless ``config`` is given.
+
+    Measured at the defaults (seed 0, counting particles nearer b than a): none before the switch; 37 of
+    256 ten steps after it, half about 30 steps after it, 213 (83 %) at step 240.
+
+    Args:
+        n, d, seed, transition_step, n_steps, dt, distance, k_a, k_b, config: as in
+            :func:`new_minimum_scenario`.
+        sigmas_before, sigmas_after: distance of the ridge from a, in units of σ_a, before and after the
+            switch (``sigmas_before`` > ``sigmas_after`` > 0).
+    """
+    _check_steps(transition_step, n_steps)
+    _check_common(n, d, dt, distance, k_a, k_b)
+    if not sigmas_before > sigmas_after > 0:
+        raise ValueError(f"need sigmas_before > sigmas_after > 0, got {sigmas_before} and {sigmas_after}")
+    cfg = config if config is not None else DynamicsConfig(eta_0=1.0, tau_eta=math.inf, tau_D=math.inf)
+    if not cfg.eta_0 * max(k_a, k_b) * dt < 1.0:
+        raise ValueError(
+            f"η₀·k·dt = {cfg.eta_0 * max(k_a, k_b) * dt:.3g} must be < 1 for a stable, non-oscillating chain"
+        )
+    var_a = _stationary_variance(cfg.eta_0 * k_a, cfg.D_0, cfg.gamma, k_a, dt)
+    if not var_a > 0:
+        raise ValueError("the first well has no stationary law for these settings; lower D_0 or gamma")
+    sigma_a = math.sqrt(var_a)
+    r_before, r_after = sigmas_before * sigma_a, sigmas_after * sigma_a
+    if not r_before < distance:
+        raise ValueError(f"the ridge (r={r_before:.3g}) must lie between the wells (distance={distance}); raise it")
+
+    def depth_for(r: float) -> float:  # L_a(r) = L_b(r) on the axis
+        return 0.5 * k_b * (distance - r) ** 2 - 0.5 * k_a * r * r
+
+    a, b = _wells(d, distance)
+    loss = BarrierLoss(
+        a=a,
+        b=b,
+        k_a=k_a,
+        k_b=k_b,
+        depth_before=depth_for(r_before),
+        depth_after=depth_for(r_after),
+        t_switch=(transition_step - 0.5) * dt,
+    )
+    description = (
+        f"wells at a=0 (k_a={k_a:g}, sigma_a={sigma_a:.3g}) and b at distance {distance:g} (k_b={k_b:g}); the "
+        f"ridge moves from {r_before:.3g} ({sigmas_before:g} sigma_a) to {r_after:.3g} ({sigmas_after:g} sigma_a) "
+        f"from a at step {transition_step}, and particles leak over it; n={n}, d={d}, dt={dt:g}, "
+        f"eta_0={cfg.eta_0:g}, D_0={cfg.D_0:g}"
+    )
+    return Scenario(
+        name="barrier_crossing",
+        dynamics=FokkerPlanckDynamics(loss, cfg),
+        z_init=_initial_particles(n, d, var_a, seed),
+        n_steps=n_steps,
+        dt=dt,
+        transition_step=transition_step,
+        description=description,
+        seed=seed,
+    )
+
+
 def _check_steps(transition_step: int, n_steps: int) -> None:
     for name, value in (("transition_step", transition_step), ("n_steps", n_steps)):
         if isinstance(value, bool) or not isinstance(value, int):
@@ -306,4 +417,11 @@ def _check_steps(transition_step: int, n_steps: int) -> None:
         raise ValueError(f"need 0 < transition_step < n_steps, got {transition_step} and {n_steps}")
 
 
-__all__ = ["Scenario", "TwoWellLoss", "new_minimum_scenario", "reset_escape_scenario"]
+__all__ = [
+    "BarrierLoss",
+    "Scenario",
+    "TwoWellLoss",
+    "barrier_crossing_scenario",
+    "new_minimum_scenario",
+    "reset_escape_scenario",
+]
