@@ -2,7 +2,8 @@
 
 Inputs: run folders written by ``record.py``. Outputs (``EvalConfig.doc_dir``): ``results.json`` (onsets,
 every detector's alarms on every run, the thresholds used, the summary), ``table.csv``, ``table.md``,
-``<run>.scalars.csv`` (a copy of each run's per-step scalars) and one ``<run>.png`` per run; the markdown
+``<run>.scalars.csv`` (a copy of each run's per-step scalars), ``<run>.fpmon[<embedder>].csv`` (fpmon's
+observables and detector state per step) and one ``<run>.png`` per run; the markdown
 table is also written into ``docs/validation.md`` between the ``detection-table`` markers when they exist.
 
 Definitions (fixed before any detector was run):
@@ -287,7 +288,36 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
         "table": rows,
     }
     write_outputs(result, runs, config, log)
+    for det in detectors:
+        if isinstance(det, FpmonDetector):
+            for run in runs:
+                write_fpmon_trace(det, run, config.doc_dir / f"{run.name}.{det.name}.csv")
     return result
+
+
+FPMON_TRACE = ("C", "div_max", "div_q99", "W2_step", "H", "W2_ref", "reward_mean")
+
+
+def write_fpmon_trace(det: FpmonDetector, run: RunData, path: Path) -> None:
+    """Per step of ``run``: fpmon's key observables at default settings, the reward-rise score, the cluster
+    size, the streaming detector's largest |z| and what it flagged, and the alert raised (if any)."""
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["step", *FPMON_TRACE, "reward_rise_z", "cluster_size", "detector_max_z", "flagged", "alert"])
+        for rep in det.replay(run):
+            det_z = rep.detection.max_score if rep.detection is not None else math.nan
+            flagged = "+".join(rep.detection.triggered) if rep.detection is not None else ""
+            writer.writerow(
+                [
+                    rep.step,
+                    *(f"{rep.scalars.get(k, math.nan):.6g}" for k in FPMON_TRACE),
+                    f"{rep.reward_rise_z:.4g}",
+                    rep.cluster_size,
+                    f"{det_z:.4g}",
+                    flagged,
+                    rep.alert.type if rep.alert else "",
+                ]
+            )
 
 
 def _fmt(v: float, digits: int = 0) -> str:
