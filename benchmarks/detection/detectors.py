@@ -58,6 +58,7 @@ class RunData:
         rewards: T tensors (n,) of the training reward per completion.
         texts: T lists of n completion texts.
         lrs: T learning rates (None where unknown).
+        source: the run folder it was loaded from (None for synthetic runs).
     """
 
     name: str
@@ -69,6 +70,7 @@ class RunData:
     rewards: list[Tensor] = field(default_factory=list)
     texts: list[list[str]] = field(default_factory=list)
     lrs: list[float | None] = field(default_factory=list)
+    source: str | None = None
 
     def __post_init__(self) -> None:
         t = len(self.steps)

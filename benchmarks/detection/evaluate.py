@@ -140,6 +140,7 @@ def load_run(run_dir: Path) -> RunData:
             texts = [p.texts or [] for p in payloads]
             lrs = [p.lr for p in payloads]
     return RunData(
+        source=str(run_dir),
         name=meta["name"],
         kind=meta["kind"],
         seed=int(meta["seed"]),
@@ -150,6 +151,12 @@ def load_run(run_dir: Path) -> RunData:
         texts=texts,
         lrs=lrs,
     )
+
+
+def toy_digest(run: RunData) -> dict[str, Any]:
+    """The recording's toy source digest (``record.toy_source_digest``) from its run.json."""
+    meta = json.loads((Path(run.source) / "run.json").read_text()) if run.source else {}
+    return {"toy_source_sha256": meta.get("toy_source_sha256"), "seconds": meta.get("seconds")}
 
 
 def run_onset(run: RunData, config: EvalConfig) -> int | None:
@@ -278,12 +285,16 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
             else:
                 s.delays.append(oc.delay)
     rows = [s.row() for s in summaries.values()]
+    digests = {toy_digest(r)["toy_source_sha256"] for r in runs}
+    if len(digests) > 1:
+        log(f"WARNING: the runs were recorded with {len(digests)} different versions of monitor/toy; record again")
     result = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "monitor_config": config.monitor_config().to_dict(),
         "fpe_defaults": FPEConfig().to_dict(),
+        "toy_sources_consistent": len(digests) == 1,
         "onsets": onsets,
-        "runs": {r.name: {"kind": r.kind, "seed": r.seed, "steps": len(r.steps)} for r in runs},
+        "runs": {r.name: {"kind": r.kind, "seed": r.seed, "steps": len(r.steps), **toy_digest(r)} for r in runs},
         "outcomes": [asdict(o) for o in outcomes],
         "table": rows,
     }
