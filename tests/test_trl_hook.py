@@ -6,6 +6,7 @@ Real runs use a tiny Llama (hidden 32, 2 layers) and a word-level tokenizer buil
   for the module) and the in-process client on SQLite and PostgreSQL: steps 1..N stored exactly once and
   processed, one sample per completion, texts = the completions the reward function saw, rewards = TRL's
   weighted sum.
+- ``RLOOTrainer`` with two weighted reward functions (fake client): one record per step, TRL's weighted sum.
 - ``DPOTrainer`` with probe prompts (4 steps, ``probe_every=2``) → probe steps 0, 2, 4 with paired sample ids.
 - A hand-written PPO-style loop (sample, toy reward, clipped-ratio policy-gradient update) calling
   ``client.observe`` → one row per sample with its reward.
@@ -483,6 +484,44 @@ def test_grpo_in_process_with_the_default_embedder(database_url: str, tmp_path: 
     rows = stored_steps(database_url, "grpo-inproc")
     assert sorted(rows) == [1, 2, 3]
     assert all(r["status"] == "done" and r["texts"] == seen[s] for s, r in rows.items())
+
+
+def test_rloo_ships_every_step_with_two_weighted_reward_functions(tmp_path: Path) -> None:
+    from datasets import Dataset
+    from trl import RLOOConfig, RLOOTrainer
+
+    client = FakeClient()
+    cb = FPEMonitorCallback(client, embedder=PoolEmbedder())
+    seen: dict[int, list[str]] = {}
+
+    def length(prompts: list[str], completions: list[str], trainer_state: Any = None, **kw: Any) -> list[float]:
+        seen.setdefault(trainer_state.global_step + 1, []).extend(completions)
+        return [float(len(c.split())) for c in completions]
+
+    args = RLOOConfig(
+        **trainer_args(tmp_path),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=5,
+        max_steps=3,
+        reward_weights=[1.0, 0.5],
+        beta=0.0,  # no reference model (TRL would load one by name)
+    )
+    trainer = RLOOTrainer(
+        model=tiny_model(),
+        reward_funcs=wrap_reward_funcs([count_a, length], cb),
+        args=args,
+        train_dataset=Dataset.from_dict({"prompt": [f"say {c}" for c in "abcdefgh"] * 3}),
+        processing_class=tiny_tokenizer(),
+        callbacks=[cb],
+    )
+    trainer.train()
+    assert [c["step"] for c in client.calls] == [1, 2, 3] and not cb.stats.errors
+    for call in client.calls:
+        texts = seen[call["step"]]
+        assert call["responses"] == texts
+        want = [c.split().count("a") + 0.5 * len(c.split()) for c in texts]
+        assert call["rewards"].tolist() == pytest.approx(want)
 
 
 def test_a_failing_hook_does_not_stop_training(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
