@@ -467,12 +467,15 @@ def _alert_key(alert: dict[str, Any]) -> Any:
 # ------------------------------------------------------------------------------------------ the callback
 @dataclass
 class HookStats:
-    """Counters of the hook (read ``callback.stats``)."""
+    """Counters of the hook (read ``callback.stats``): steps and samples shipped, probe steps, steps skipped for
+    having fewer than 2 responses, completions dropped because they were scored outside a training step
+    (evaluation), resets, and errors by ``"<hook>:<exception type>"``."""
 
     steps_shipped: int = 0
     probe_steps: int = 0
     samples_shipped: int = 0
     skipped_small: int = 0
+    dropped_outside_steps: int = 0
     resets: int = 0
     errors: Counter[str] = field(default_factory=Counter)
 
@@ -488,7 +491,8 @@ class FPEMonitorCallback(TrainerCallback):
       else the optimizer's first group; omitted when 0), rewards = the weighted sum of the wrapped functions'
       rewards as TRL computes it (weights ``args.reward_weights``, 1 when unset; NaN — "not applicable" —
       entries are skipped, ``nansum``; rewards omitted when every entry is NaN), prompts and completions as
-      text (conversations: the last user message, the assistant's content).
+      text (conversations: the last user message, the assistant's content). Completions scored outside a
+      training step (evaluation, between ``on_step_end`` and the next ``on_step_begin``) are not shipped.
     - With ``probe_prompts``: at the start (step 0: the initial policy's answers, which fix the run's
       reference frame; only when no reward functions are wrapped for this callback) and every
       ``probe_every`` steps, ``probe_samples_per_prompt`` sampled answers per prompt (``probe_max_new_tokens``
@@ -665,6 +669,15 @@ class FPEMonitorCallback(TrainerCallback):
     ) -> None:
         try:
             self._step_lr = self._lr(kwargs)
+            # A training step's completions are scored after on_step_begin; anything recorded since the last
+            # on_step_end was scored outside training (evaluation) and would mix another distribution in.
+            stray = self._take_pending()
+            if stray:
+                self.stats.dropped_outside_steps += sum(len(b.completions) for b in stray)
+                self._warn_once(
+                    "stray",
+                    "fpmon hook: completions scored outside a training step (evaluation) are not shipped",
+                )
         except Exception as exc:
             self._note_error("on_step_begin", exc)
 

@@ -290,7 +290,9 @@ def test_step_end_ships_weighted_rewards_and_text_of_conversations() -> None:
     prompts = [[{"role": "system", "content": "be brief"}, {"role": "user", "content": f"say {c}"}] for c in "abc"]
     comps = [[{"role": "assistant", "content": [{"type": "text", "text": c}]}] for c in ("a", "b b", "c")]
     sched = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.5), lambda s: 1.0)
+    f1(prompts=["eval"] * 3, completions=["x", "y", "z"], trainer_state=state)  # scored by an evaluation
     cb.on_step_begin(args, state, control, lr_scheduler=sched)
+    assert cb.stats.dropped_outside_steps == 3 and not cb._pending
     for f in (f1, f2):
         f(prompts=prompts, completions=comps, trainer_state=state)
     state.global_step = 1
