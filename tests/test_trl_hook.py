@@ -592,15 +592,12 @@ def test_dpo_probes_are_shipped(mode: str, sidecar: Any, tmp_path: Path) -> None
         callbacks=[cb],
     )
     try:
-        torch.manual_seed(1)
-        rng_before = torch.random.get_rng_state()
         trainer.train()
         assert client.flush(60)
     finally:
         client.close()
     assert trainer.state.global_step == 4 and not cb.stats.errors
     assert model.training  # train mode restored after each probe
-    assert not torch.equal(rng_before, torch.random.get_rng_state())  # (training itself draws numbers)
     rows = wait_stored(db, f"dpo-{mode}", [0, 2, 4])
     assert sorted(rows) == [0, 2, 4]  # step 0 = the initial policy, then every probe_every steps
     for row in rows.values():
