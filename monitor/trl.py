@@ -6,7 +6,7 @@ Three sources of responses:
   ``reward_funcs``. The wrappers keep TRL's calling convention and return the rewards unchanged; they record
   prompts, completions and rewards, which :class:`FPEMonitorCallback` ships at ``on_step_end``.
 - **DPO and any trainer** (probes): a fixed ``probe_prompts`` set answered every ``probe_every`` optimizer steps
-  (and once at the start, step 0) by the current policy.
+  (and once at the start, step 0, unless reward functions are wrapped) by the current policy.
 - **PPO loops outside TRL** (TRL 1.x has no PPOTrainer): call ``MonitorClient.observe(step, responses, rewards)``
   from the loop; no callback needed.
 
