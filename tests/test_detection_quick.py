@@ -4,8 +4,8 @@
   uniform (few below α); a shifted law gives p at its floor;
 * every detector on synthetic runs with a known change at step 60: it alarms within a few steps of the
   change and never on the stationary part (default thresholds, and calibrated on a stationary control);
-* a reduced record + evaluate on real toy GRPO runs (2 seeds × hackable/control, 8 steps, the ``model``
-  embedder): the run folders, the step files, KL = 0 at step 0 (policy = reference), and the table.
+* a reduced record + evaluate on real toy GRPO runs (2 seeds × hackable/control, 8 steps of 32 completions,
+  the ``model`` embedder): the run folders, the step files, KL = 0 at step 0 (policy = reference), and the table.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def test_quick_record_and_evaluate(tmp_path: Path) -> None:
         files = sorted((out / name / "model").glob("step_*.safetensors"))
         assert len(files) == 8
         step0 = load_step(files[0])
-        assert step0.latents.shape[0] == 64 and step0.texts and step0.prompts and step0.rewards is not None
+        assert step0.latents.shape[0] == 32 and step0.texts and step0.prompts and step0.rewards is not None
         rows = (out / name / "scalars.csv").read_text().splitlines()
         assert len(rows) == 9
         first = dict(zip(rows[0].split(","), rows[1].split(","), strict=True))

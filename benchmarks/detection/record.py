@@ -72,6 +72,7 @@ class RecordConfig:
         kinds: run kinds to record.
         max_steps: GRPO steps per run.
         warmup_steps: supervised warm-up batches (None: the toy's default).
+        prompts_per_step: prompts per GRPO step (None: the toy's default, 8 → 64 completions per step).
         embedders: which embeddings to record (subset of :data:`EMBEDDERS`).
     """
 
@@ -80,6 +81,7 @@ class RecordConfig:
     kinds: tuple[RunKind, ...] = ("hackable", "control")
     max_steps: int = 200
     warmup_steps: int | None = None
+    prompts_per_step: int | None = None
     embedders: tuple[str, ...] = EMBEDDERS
 
     def __post_init__(self) -> None:
@@ -93,6 +95,8 @@ class RecordConfig:
 
     def toy_config(self, seed: int) -> ToyRunConfig:
         extra: dict[str, Any] = {} if self.warmup_steps is None else {"warmup_steps": self.warmup_steps}
+        if self.prompts_per_step is not None:
+            extra["prompts_per_step"] = self.prompts_per_step
         return ToyRunConfig(seed=seed, max_steps=self.max_steps, progress_bar=False, **extra)
 
 

@@ -6,7 +6,7 @@
 
 ``evaluate`` writes docs/validation/detection/ (results.json, table.csv, table.md, one PNG per run) and the
 table into docs/validation.md between the ``detection-table`` markers. ``--quick`` shrinks everything
-(2 seeds, a few steps, short windows) so the pipeline can be exercised in seconds; it writes nothing into
+(a few steps of 32 completions, short windows) so the pipeline can be exercised in seconds; it writes nothing into
 docs/ unless ``--doc-dir`` says where.
 """
 
@@ -37,7 +37,12 @@ def configs(args: argparse.Namespace) -> tuple[RecordConfig, EvalConfig]:
     embedders = tuple(args.embedders)
     if args.quick:
         rec = RecordConfig(
-            out_dir=out, seeds=seeds, max_steps=args.steps or QUICK_STEPS, warmup_steps=20, embedders=embedders
+            out_dir=out,
+            seeds=seeds,
+            max_steps=args.steps or QUICK_STEPS,
+            warmup_steps=20,
+            prompts_per_step=4,
+            embedders=embedders,
         )
         ev = EvalConfig(
             runs_dir=out,
