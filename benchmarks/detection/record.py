@@ -100,13 +100,16 @@ class RecordConfig:
         return ToyRunConfig(seed=seed, max_steps=self.max_steps, progress_bar=False, **extra)
 
 
-def toy_source_digest() -> str:
-    """sha256 over the toy task's source files (``monitor/toy/*.py``): which toy a recording was made with."""
+def _toy_source_digest() -> str:
     h = hashlib.sha256()
     for path in sorted(Path(task.__file__).parent.glob("*.py")):
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()
+
+
+TOY_SOURCE_SHA256 = _toy_source_digest()
+"""sha256 over ``monitor/toy/*.py`` when this module was imported (the toy code a recording ran with)."""
 
 
 def run_name(kind: RunKind, seed: int) -> str:
@@ -323,7 +326,7 @@ def record_run(config: RecordConfig, kind: RunKind, seed: int, log: Callable[[st
         "embedders": list(config.embedders),
         "embedder_classes": embedder_source(embedders),
         "toy_config": asdict(toy),
-        "toy_source_sha256": toy_source_digest(),
+        "toy_source_sha256": TOY_SOURCE_SHA256,
         "steps": len(recorder.rows),
         "completions_per_step": toy.completions_per_step,
         "seconds": {"warmup": t1 - t0, "train_and_record": t2 - t1},
