@@ -452,10 +452,7 @@ def _wrap_one(func: Callable[..., Any], slot: int, callback: FPEMonitorCallback)
 
 def _client_embedder(client: Any) -> Any:
     """The embedder a ``MonitorClient`` was built with (``embedder=``), or None."""
-    if client is None:
-        return None
-    found = getattr(client, "embedder", None)
-    return found if found is not None else getattr(client, "_embedder", None)
+    return getattr(client, "embedder", None) if client is not None else None
 
 
 def _alert_key(alert: dict[str, Any]) -> Any:
