@@ -77,7 +77,7 @@ class RecordConfig:
     """
 
     out_dir: Path = Path("bench-out/detection")
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     kinds: tuple[RunKind, ...] = ("hackable", "control")
     max_steps: int = 200
     warmup_steps: int | None = None

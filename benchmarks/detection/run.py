@@ -1,8 +1,8 @@
 """The reward-hacking benchmark's command: record toy GRPO runs, then evaluate every detector on them.
 
-    python benchmarks/detection/run.py              # record (3 seeds × hackable/control) + evaluate
+    python benchmarks/detection/run.py              # record (5 seeds × hackable/control × 200 steps) + evaluate
     python benchmarks/detection/run.py record       # only record, into bench-out/detection/
-    python benchmarks/detection/run.py evaluate     # only evaluate the recordings (seconds to a minute)
+    python benchmarks/detection/run.py evaluate     # only evaluate the recordings (a few minutes)
 
 ``evaluate`` writes docs/validation/detection/ (results.json, table.csv, table.md, one PNG per run) and the
 table into docs/validation.md between the ``detection-table`` markers. ``--quick`` shrinks everything
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--doc-dir", default=None, help="where results and plots go (default docs/validation/detection)"
     )
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--steps", type=int, default=None, help="GRPO steps per run")
     parser.add_argument("--embedders", nargs="+", default=list(EMBEDDERS), choices=EMBEDDERS)
     parser.add_argument("--quick", action="store_true", help="a few steps, short windows: a smoke run")
