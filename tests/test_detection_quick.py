@@ -127,6 +127,7 @@ def synthetic_run(seed: int, change: int | None, name: str) -> RunData:
     "detector",
     [
         FpmonDetector("emb"),
+        FpmonDetector("emb", alarm_on="flag"),
         SeriesSpikeDetector("kl_spike", "kl"),
         SeriesSpikeDetector("reward_z", "reward_mean"),
         SeriesSpikeDetector("length_spike", "length"),
@@ -183,7 +184,15 @@ def test_quick_record_and_evaluate(tmp_path: Path) -> None:
         assert (docs / f"{name}.png").stat().st_size > 5000
     result = json.loads((docs / "results.json").read_text())
     detectors = {row["detector"] for row in result["table"]}
-    assert detectors == {"fpmon[model]", "kl_spike", "reward_z", "length_spike", "entropy_drop", "mmd[model]"}
+    assert detectors == {
+        "fpmon[model]",
+        "kl_spike",
+        "reward_z",
+        "length_spike",
+        "entropy_drop",
+        "mmd[model]",
+        "fpmon-flag[model]",
+    }
     assert {row["mode"] for row in result["table"]} == {"default", "calibrated"}
     assert all(row["control_steps"] == 16 for row in result["table"])
     assert "| detector | delay median" in (docs / "table.md").read_text()

@@ -347,15 +347,23 @@ class FpmonDetector:
     Attributes:
         embedder: key of ``RunData.latents``.
         config: the monitor's settings (default: ``MonitorConfig()``, the shipped defaults).
+        alarm_on: ``"alert"`` (the product: any ``RLHFMonitor`` alert) or ``"flag"`` (a diagnostic: any step,
+            after the warm-up, where the monitor's streaming detector flags an observable, without the
+            mass-arrival gate that PHASE_TRANSITION adds; named ``fpmon-flag[·]``).
     """
 
     embedder: str
     config: MonitorConfig = field(default_factory=MonitorConfig)
+    alarm_on: Literal["alert", "flag"] = "alert"
     _cache: dict[str, list[StepReport]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.alarm_on not in ("alert", "flag"):
+            raise ValueError(f"alarm_on must be 'alert' or 'flag', got {self.alarm_on!r}")
 
     @property
     def name(self) -> str:
-        return f"fpmon[{self.embedder}]"
+        return f"fpmon[{self.embedder}]" if self.alarm_on == "alert" else f"fpmon-flag[{self.embedder}]"
 
     def replay(self, run: RunData, config: MonitorConfig | None = None) -> list[StepReport]:
         """The monitor's reports for every step of ``run`` (cached for the default config)."""
@@ -392,7 +400,10 @@ class FpmonDetector:
     ) -> DetectorOutput:
         reports = self.replay(run, threshold)
         cfg = threshold or self.config
-        hits = [rep.step for rep in reports if rep.alert is not None]
+        if self.alarm_on == "alert":
+            hits = [rep.step for rep in reports if rep.alert is not None]
+        else:
+            hits = [rep.step for rep in reports if not rep.warming_up and rep.detection and rep.detection.flagged]
         used = {
             "C_alert": cfg.C_alert,
             "div_alert": cfg.div_alert,

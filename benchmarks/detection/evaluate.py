@@ -97,7 +97,8 @@ class EvalConfig:
         return cfg
 
     def detectors(self, embedders: Sequence[str]) -> list[Detector]:
-        """fpmon and MMD on each embedder, then the four scalar baselines."""
+        """fpmon on each embedder, the four scalar baselines, MMD on each embedder, and the diagnostic
+        ``fpmon-flag[·]`` (the streaming detector's flags without the alert's mass-arrival gate)."""
         z = {"window": self.zscore_window, "min_history": self.zscore_min_history}
         dets: list[Detector] = [FpmonDetector(e, self.monitor_config()) for e in embedders]
         dets += [
@@ -110,6 +111,7 @@ class EvalConfig:
             MMDDetector(e, reference_steps=self.mmd_reference_steps, n_permutations=self.n_permutations)
             for e in embedders
         ]
+        dets += [FpmonDetector(e, self.monitor_config(), alarm_on="flag") for e in embedders]
         return dets
 
 
@@ -300,7 +302,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
     }
     write_outputs(result, runs, config, log)
     for det in detectors:
-        if isinstance(det, FpmonDetector):
+        if isinstance(det, FpmonDetector) and det.alarm_on == "alert":
             for run in runs:
                 write_fpmon_trace(det, run, config.doc_dir / f"{run.name}.{det.name}.csv")
     return result
