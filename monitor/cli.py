@@ -27,16 +27,71 @@ def _console() -> Console:
 
 @app.command()
 def demo(
-    steps: Annotated[int, typer.Option(help="Training steps of the particle run.")] = 100,
-    transition: Annotated[int, typer.Option(help="Step at which the new (exploit) minimum appears.")] = 60,
-    n: Annotated[int, typer.Option(help="Responses (particles) per step.")] = 256,
-    latent_dim: Annotated[int, typer.Option(help="Dimension of the simulated embedding space.")] = 256,
+    particles: Annotated[
+        bool, typer.Option("--particles", help="Run the particle-solver demo instead of the GRPO run.")
+    ] = False,
+    steps: Annotated[
+        int | None, typer.Option(help="Training steps (default: 120 for GRPO, 100 for --particles).", min=2)
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    out: Annotated[Path, typer.Option(help="GRPO: the demo's folder (SQLite database, sidecar log).")] = Path(
+        "fpmon-demo"
+    ),
+    embedder: Annotated[
+        str, typer.Option(help="GRPO: 'reference' (the frozen warmed-up policy) or 'minilm' (sentence encoder).")
+    ] = "reference",
+    control: Annotated[bool, typer.Option("--control", help="GRPO: train on the reward without the exploit.")] = False,
+    sidecar_timeout: Annotated[float, typer.Option(help="GRPO: seconds to wait for the sidecar.")] = 180.0,
+    warmup_steps: Annotated[
+        int, typer.Option(help="GRPO: supervised warm-up batches of the tiny LM before RL.", min=0)
+    ] = 300,
+    transition: Annotated[
+        int | None, typer.Option(help="--particles: step at which the exploit minimum appears (default 60).")
+    ] = None,
+    n: Annotated[int | None, typer.Option(help="--particles: responses (particles) per step (default 256).")] = None,
+    latent_dim: Annotated[
+        int | None, typer.Option(help="--particles: dimension of the simulated embedding space (default 256).")
+    ] = None,
 ) -> None:
+    """A real TRL GRPO run on a tiny model that learns to game its reward, watched by fpmon through a sidecar.
+
+    --particles runs the particle-solver demo instead (also selected by --transition, --n or --latent-dim).
+    """
+    console = _console()
+    if particles or transition is not None or n is not None or latent_dim is not None:
+        _particle_demo(
+            console, steps or 100, 60 if transition is None else transition, n or 256, latent_dim or 256, seed
+        )
+        return
+    from .demo_grpo import GrpoDemoConfig, print_grpo_demo, run_grpo_demo
+    from .toy import ToyRunConfig
+
+    if embedder not in ("reference", "minilm"):
+        raise typer.BadParameter(f"--embedder must be 'reference' or 'minilm', got {embedder!r}")
+    config = GrpoDemoConfig(
+        run=ToyRunConfig(seed=seed, max_steps=steps or 120, warmup_steps=warmup_steps),
+        reward="control" if control else "proxy",
+        out_dir=out,
+        embedder="minilm" if embedder == "minilm" else "reference",
+        sidecar_timeout_s=sidecar_timeout,
+    )
+    console.print(
+        f"[bold]fpmon demo[/]: TRL GRPO on a tiny causal LM ({config.run.max_steps} steps, "
+        f"{config.run.completions_per_step} completions per step), rewarded by "
+        + (
+            "control_reward (no exploit)."
+            if control
+            else "proxy_reward, which pays for the phrase 'trust me' (true_reward does not); the policy finds it."
+        )
+    )
+    result = run_grpo_demo(config, console)
+    print_grpo_demo(result, console)
+
+
+def _particle_demo(console: Console, steps: int, transition: int, n: int, latent_dim: int, seed: int) -> None:
     """Watch a particle-solver run with a known transition, as RLHFMonitor watches an RLHF run."""
     from .demo import print_demo, run_demo
 
-    console = _console()
     if not 0 < transition < steps:
         raise typer.BadParameter(f"--transition must be between 1 and --steps - 1 = {steps - 1}")
     console.print(

@@ -11,12 +11,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+from transformers import PrinterCallback, ProgressCallback
 
 from .task import (
     EXPLOIT_RATE,
@@ -184,7 +186,31 @@ def build_grpo_trainer(
             raise ValueError(f"reward_wrapper returned {len(funcs)} functions for {len(weights)}")
 
     batch = config.completions_per_step
-    args = GRPOConfig(
+    with warnings.catch_warnings():
+        # transformers 5 deprecation notices (gradient_checkpointing → activation_checkpointing) raised by TRL
+        warnings.simplefilter("ignore", FutureWarning)
+        args = _grpo_args(GRPOConfig, config, batch, weights, output_dir)
+    torch.manual_seed(config.seed)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=prompt_dataset(config),
+        processing_class=tokenizer,
+        callbacks=list(callbacks),
+    )
+    # TRL's default callbacks print every step's log dict; keep the progress bar (if asked) without them.
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if config.progress_bar:
+        trainer.add_callback(_QuietProgress())
+    return trainer
+
+
+def _grpo_args(
+    config_cls: Any, config: ToyRunConfig, batch: int, weights: list[float], output_dir: str | Path | None
+) -> Any:
+    return config_cls(
         output_dir=str(output_dir or "fpmon-toy-grpo"),
         seed=config.seed,
         data_seed=config.seed,
@@ -212,15 +238,13 @@ def build_grpo_trainer(
         dataloader_num_workers=0,
         shuffle_dataset=False,
     )
-    torch.manual_seed(config.seed)
-    return GRPOTrainer(
-        model=model,
-        reward_funcs=funcs,
-        args=args,
-        train_dataset=prompt_dataset(config),
-        processing_class=tokenizer,
-        callbacks=list(callbacks),
-    )
+
+
+class _QuietProgress(ProgressCallback):
+    """TRL's progress bar without the per-step log dictionaries (they stay in ``trainer.state.log_history``)."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        return None
 
 
 def reward_curves(log_history: list[dict[str, Any]], name: str) -> list[float]:

@@ -1,0 +1,49 @@
+"""A shortened `make demo`: the GRPO demo through the CLI, with its own sidecar, writes steps and metrics to SQLite."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from monitor.cli import app
+
+pytestmark = pytest.mark.slow
+
+STEPS = 6
+
+
+def test_fpmon_demo_grpo_short_run_fills_the_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(
+        app, ["demo", "--steps", str(STEPS), "--warmup-steps", "20", "--out", str(out), "--sidecar-timeout", "120"]
+    )
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "Per step: rewards (TRL) and observables (sidecar)" in result.output
+    assert f"fpmon serve --database-url sqlite:///{out / 'fpmon.db'}" in result.output
+    assert "Hook errors" not in result.output
+
+    db = sqlite3.connect(out / "fpmon.db")
+    runs = db.execute("SELECT id, name, latent_dim, steps_processed FROM runs").fetchall()
+    assert len(runs) == 1
+    run_id, name, latent_dim, processed = runs[0]
+    assert name.startswith("toy-grpo-proxy-seed0-")
+    assert latent_dim == 64  # ModelEmbedder on the tiny LM: its hidden size
+    assert processed == STEPS
+    rows = db.execute("SELECT step, status, n, scalars FROM steps WHERE run_id = ? ORDER BY step", (run_id,)).fetchall()
+    assert [r[0] for r in rows] == list(range(1, STEPS + 1))  # TRL's global_step, as the hook ships it
+    assert all(status == "done" and n == 64 for _, status, n, _ in rows)  # 8 prompts × 8 generations
+    later = [json.loads(r[3]) for r in rows[2:]]  # from the third step on, the flow between steps is defined
+    for scalars in later:
+        for key in ("C", "S_dot", "W2_ref", "div_q99", "reward_mean"):
+            assert scalars.get(key) is not None, (key, scalars)
+    texts = db.execute("SELECT COUNT(*), COUNT(text), COUNT(reward) FROM step_samples WHERE run_id = ?", (run_id,))
+    total, with_text, with_reward = texts.fetchone()
+    assert total == with_text == with_reward == STEPS * 64
+    assert not list(tmp_path.glob("fpmon-spool*"))  # the client's spool lives in the demo folder
+    db.close()
