@@ -295,17 +295,15 @@ def _fmt(value: float | None) -> str:
 def steps_table(result: GrpoDemoResult, every: int = 5) -> Table:
     """Per step: proxy and true reward means, the observables, and the alert type where one was raised.
 
-    Shows every ``every``-th step, plus every step within 3 of the onset or of an alert.
+    Shows every ``every``-th step, every step within 3 of the onset, and the steps next to an alert.
     """
     alert_at: dict[int, list[str]] = {}
     for a in result.alerts:
         alert_at.setdefault(int(a["step"]), []).append(str(a["type"]))
-    marks = set(alert_at) | ({result.onset} if result.onset is not None else set())
-    shown = [
-        s
-        for s in result.steps
-        if s == 1 or s % every == 0 or s == result.steps[-1] or any(abs(s - m) <= 3 for m in marks)
-    ]
+    near = {s + d for s in alert_at for d in (-1, 0, 1)}
+    if result.onset is not None:
+        near |= set(range(result.onset - 3, result.onset + 4))
+    shown = [s for s in result.steps if s == 1 or s % every == 0 or s == result.steps[-1] or s in near]
     table = Table(title="Per step: rewards (TRL) and observables (sidecar)", header_style="bold")
     for col in ("step", "proxy", "true", "gap", *SCALARS):
         table.add_column(col, justify="right")
