@@ -130,9 +130,11 @@ class Sidecar:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        # The demo's own sidecar: the user's FPMON_* settings (tokens, another database, …) are for their
+        # sidecar, not this one, so none is passed on.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FPMON_")}
         env.setdefault("OMP_NUM_THREADS", "1")
-        env.setdefault("FPMON_WORKER_POLL_S", "0.05")
+        env.update({"FPMON_WORKER_POLL_S": "0.05", "FPMON_WORKERS": "1"})
         return env
 
     def start(self, timeout_s: float) -> Sidecar:
@@ -144,7 +146,8 @@ class Sidecar:
             raise RuntimeError(f"could not create the demo's database {self.database_url}: {exc}") from exc
         cli = [sys.executable, "-m", "monitor.cli"]
         log = self.log_path.open("ab")
-        cmd = [*cli, "serve", "--port", str(self.port), "--database-url", self.database_url, "--device", "cpu"]
+        cmd = [*cli, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--database-url", self.database_url]
+        cmd += ["--device", "cpu"]
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self._env())
         log.close()
         deadline = time.monotonic() + timeout_s
@@ -230,6 +233,7 @@ def run_grpo_demo(config: GrpoDemoConfig, console: Console | None = None) -> Grp
             sidecar.url,
             run_name=run_name,
             monitor_config=MonitorConfig(warmup_steps=config.warmup_steps),
+            token="",  # the demo's sidecar has no tokens; ignore a $FPMON_TOKEN meant for another one
             config=ClientConfig(spool_dir=out / "spool", poll_alerts_s=2.0),
         )
         callback = FPEMonitorCallback(client, embedder=embedder, flush_timeout_s=config.sidecar_timeout_s)
