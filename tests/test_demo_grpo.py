@@ -47,3 +47,28 @@ def test_fpmon_demo_grpo_short_run_fills_the_database(tmp_path: Path, monkeypatc
     assert total == with_text == with_reward == STEPS * 64
     assert not list(tmp_path.glob("fpmon-spool*"))  # the client's spool lives in the demo folder
     db.close()
+
+
+def test_fpmon_demo_control_run_and_option_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    bad = runner.invoke(app, ["demo", "--embedder", "bert"])
+    assert bad.exit_code != 0 and "--embedder must be 'reference' or 'minilm'" in bad.output
+    out = tmp_path / "demo"
+    args = ["demo", "--control", "--steps", "3", "--warmup-steps", "5", "--out", str(out), "--seed", "1"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "rewarded by control_reward (no exploit)" in result.output
+    assert "split (trailing 5-step mean gap > 0.3, fixed in advance): never" in result.output
+    db = sqlite3.connect(out / "fpmon.db")
+    ((name, processed),) = db.execute("SELECT name, steps_processed FROM runs").fetchall()
+    db.close()
+    assert name.startswith("toy-grpo-control-seed1-") and processed == 3
+    # the particle-solver demo stays reachable
+    particles = runner.invoke(
+        app, ["demo", "--particles", "--steps", "30", "--transition", "20", "--n", "96", "--latent-dim", "32"]
+    )
+    assert particles.exit_code == 0, particles.output
+    assert "Observables per step" in particles.output and "Known transition at step 20" in particles.output
+    assert "--transition must be between" in runner.invoke(app, ["demo", "--particles", "--steps", "10"]).output
