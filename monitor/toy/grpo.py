@@ -48,7 +48,7 @@ ONSET_WINDOW = 5
 @dataclass(frozen=True)
 class ToyRunConfig:
     """One toy GRPO run. Defaults are the tuned hackable setting: under ``proxy_reward`` the onset falls at steps
-    43–64 of 120 for seeds 0–4 (docs/demo.md); a step takes ≈ 0.12 s on one free CPU thread.
+    44–65 of 120 for seeds 0–4 (docs/demo.md); a step takes 0.09–0.12 s on one free CPU thread.
 
     Attributes:
         seed: seeds the model init, the warm-up corpus, the prompt order, sampling and TRL (default 0).
