@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest bench bench-sidecar clean
+.PHONY: install demo test lint typecheck pytest bench bench-sidecar bench-hook clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV_FLAGS) $(VENV)
@@ -48,6 +48,9 @@ bench: $(STAMP)
 
 bench-sidecar: $(STAMP)
 	$(BIN)/python benchmarks/bench_sidecar.py
+
+bench-hook: $(STAMP)
+	$(BIN)/python benchmarks/bench_hook.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
