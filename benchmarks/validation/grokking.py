@@ -1,9 +1,10 @@
 """Grokking on modular addition, watched by fpmon, with and without fpmon-triggered resets (seed §9.1).
 
-Setup (known to grok on one CPU thread in about a minute): a + b mod p with p = 53, a random 40 % of the
-p² pairs for training, embedding 12 per operand → MLP hidden 48 (GELU) → p logits, Adam (lr 5e-3, coupled
-L2 weight decay 2e-4, i.e. ``torch.optim.Adam(weight_decay=...)``), batch 128. Test accuracy jumps from
-chance to ~1 after ~20–25k steps while the training accuracy has been 1 since ~2k steps.
+Setup: a + b mod p with p = 53, a random 40 % of the p² pairs for training, embedding 12 per operand → MLP
+hidden 48 (GELU) → p logits, Adam (lr 5e-3, coupled L2 weight decay 2e-4, i.e.
+``torch.optim.Adam(weight_decay=...)``), batch 128; about 1 ms per step on one idle CPU thread. Measured with
+seeds 0–3: the test accuracy jumps from chance to ~1 after 14.5k, 23.3k and 36.1k steps (seeds 3, 0, 2; seed 1
+not within 50k), while the training accuracy has been 1 since ~2k steps.
 
 Monitoring: every ``monitor_every`` training steps (one monitor step) the hidden activations (48-d) on a fixed
 probe set of 256 training pairs go to :class:`monitor.RLHFMonitor` with rewards = −(per-sample cross-entropy)
@@ -21,7 +22,7 @@ is fed to its own :class:`monitor.detect.StreamingDetector` (default config, bot
 is judged by the same rule; the lead of a signal is the jump step minus its first flag in the
 ``lead_window`` training steps before the jump.
 
-Run: ``python -m benchmarks.validation.grokking [--quick] [--seeds 0 1 2] [--steps 40000]``; writes
+Run: ``python -m benchmarks.validation.grokking [--quick] [--seeds 0 1 2 3] [--steps 50000]``; writes
 ``grokking.json`` and ``grokking_*.png`` to ``docs/validation/`` (or ``--out``).
 """
 
@@ -80,7 +81,7 @@ class GrokConfig:
     lr: float = 5e-3
     weight_decay: float = 2e-4
     batch_size: int = 128
-    steps: int = 35_000
+    steps: int = 50_000
     monitor_every: int = 100
     probe_size: int = 256
     reset_alpha: float = 0.15
@@ -359,15 +360,15 @@ def plot_experiment(cfg: GrokConfig, result: dict[str, Any], out_dir: Path) -> l
             for s in run["reset_steps"]:
                 axes[0][col].axvline(s, color="red", alpha=0.3, lw=0.8)
         base = next(r for r in result["runs"]["no_reset"] if r["seed"] == seed)
-        for s, _kind in base["alerts"]:
-            axes[1][col].axvline(s, color="grey", alpha=0.4, lw=0.8, ls=":")
+        for s in base["monitor_flags"]:
+            axes[1][col].axvline(s, color="grey", alpha=0.5, lw=0.8, ls=":")
         axes[0][col].set_title(f"seed {seed}")
         axes[1][col].set_xlabel("training step")
     axes[0][0].set_ylabel("test accuracy")
     axes[1][0].set_ylabel("C (probe latents)")
     axes[0][0].legend(fontsize=7)
     axes[1][0].legend(fontsize=7)
-    fig.suptitle("Grokking, p=53: red lines = fpmon-triggered resets, grey = PHASE_TRANSITION alerts (no-reset arm)")
+    fig.suptitle("Grokking, p=53: red = fpmon-triggered resets (reset arm), grey = monitor flags (no-reset arm)")
     fig.tight_layout()
     paths = [out_dir / "grokking_runs.png"]
     fig.savefig(paths[0], dpi=110)
@@ -387,7 +388,8 @@ def plot_experiment(cfg: GrokConfig, result: dict[str, Any], out_dir: Path) -> l
         ax.axvline(0, color="k", lw=0.8)
         if name in ("C", "loss_var"):
             ax.set_yscale("log")
-    axes[0].legend(fontsize=7)
+    if axes[0].get_legend_handles_labels()[0]:  # no line when no run reached the jump (e.g. --quick)
+        axes[0].legend(fontsize=7)
     axes[-1].set_xlabel("training steps relative to the test-accuracy jump (acc ≥ 0.5)")
     fig.suptitle("No-reset runs aligned on the jump: C and the cheap signals")
     fig.tight_layout()
@@ -441,15 +443,15 @@ def format_tables(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a few hundred steps, one seed (seconds)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2; quick: 0)")
-    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default 35000)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default 0 1 2 3; quick: 0)")
+    parser.add_argument("--steps", type=int, default=None, help="training steps per run (default 50000)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for grokking.json and PNGs")
     args = parser.parse_args(argv)
     single_thread()
     cfg = QUICK if args.quick else GrokConfig()
     if args.steps is not None:
         cfg = dataclasses.replace(cfg, steps=args.steps)
-    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2, 3])
     out_dir = args.out / "quick" if args.quick else args.out
     result = run_experiment(cfg, seeds, out_dir)
     print(format_tables(result))
