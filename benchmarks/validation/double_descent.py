@@ -126,7 +126,7 @@ def train_width(cfg: DoubleDescentConfig, width: int, seed: int) -> dict[str, An
     with torch.no_grad():
         out_tr, out_te = head(hidden(x_tr)), head(hidden(x_te))
         test_target = nn.functional.one_hot(y_te, 10).float()
-        result = {
+        result: dict[str, Any] = {
             "width": width,
             "seed": seed,
             "params": sum(p.numel() for p in params),

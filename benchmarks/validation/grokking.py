@@ -237,7 +237,7 @@ def run_grokking(cfg: GrokConfig, seed: int, resets: bool) -> dict[str, Any]:
     # the warm-up steps' C and S_dot were computed with D0 = 1; the monitor's history holds them rescaled
     rescaled = {int(s): sc for s, sc in monitor.history}
     for key in ("C", "S_dot"):
-        hist[key] = [float(rescaled.get(s, {}).get(key, v)) for s, v in zip(hist["step"], hist[key], strict=True)]
+        hist[key] = [float(rescaled.get(int(s), {}).get(key, v)) for s, v in zip(hist["step"], hist[key], strict=True)]
     return {
         "seed": seed,
         "resets": resets,

@@ -229,7 +229,7 @@ def theorem4(cfg: TheoremConfig) -> list[dict[str, Any]]:
 
 def run_all(cfg: TheoremConfig, out_dir: Path | None, plot: bool = True) -> dict[str, Any]:
     t0 = time.perf_counter()
-    result = {"config": asdict(cfg), "theorem3": theorem3(cfg), "theorem4": theorem4(cfg)}
+    result: dict[str, Any] = {"config": asdict(cfg), "theorem3": theorem3(cfg), "theorem4": theorem4(cfg)}
     result["seconds"] = time.perf_counter() - t0
     if out_dir is not None:
         write_json(out_dir / "theorems.json", result)
