@@ -130,3 +130,15 @@ def test_double_descent_quick_errors_and_c_per_width(tmp_path: Path) -> None:
     # more width fits the noisy training set better
     assert rows[-1]["train_mse"] < rows[0]["train_mse"]
     assert set(result["analysis"]["0"]) >= {"test_mse_peak_width", "C_final_at_peak", "C_collapse_at_peak"}
+
+
+def test_local_reset_rule_matches_monitor_trl_apply_reset() -> None:
+    trl_hook = pytest.importorskip("monitor.trl")
+    torch.manual_seed(0)
+    local, shared = grokking.ModAddMLP(53, 12, 48), grokking.ModAddMLP(53, 12, 48)
+    shared.load_state_dict(local.state_dict())
+    changed = grokking.apply_reset_local(local, 0.15, 0.1, torch.Generator().manual_seed(3))
+    stats = trl_hook.apply_reset(shared, 0.15, 0.1, torch.Generator().manual_seed(3))
+    assert changed == stats.perturbed > 0
+    for p, q in zip(local.parameters(), shared.parameters(), strict=True):
+        assert torch.equal(p, q)  # same draws, same rule: the benchmark's fallback is bit-identical

@@ -128,19 +128,26 @@ class ModAddMLP(nn.Module):
 
 
 def apply_reset_local(model: nn.Module, alpha: float, noise_scale: float, generator: torch.Generator) -> int:
-    """p ← p + noise_scale·std(p)·ε on a random fraction ``alpha`` of each floating tensor's entries.
+    """p ← p + noise_scale·σ_p·ε on a random fraction ``alpha`` of each floating tensor's entries; in place.
 
-    The rule of ``monitor.trl.apply_reset`` (DESIGN.md §3.5), used when that module is not importable.
-    Returns the number of perturbed entries.
+    A copy of the rule of ``monitor.trl.apply_reset`` (issue 4; same draws in the same order: a Bernoulli(alpha)
+    mask, then N(0, 1) noise, per trainable floating parameter; σ_p the population standard deviation of p, or
+    its RMS when that is 0), used when ``monitor.trl`` is not importable. Returns the number of perturbed entries.
     """
     changed = 0
     with torch.no_grad():
         for param in model.parameters():
-            if not param.is_floating_point() or param.numel() < 2:
+            if not param.is_floating_point() or not param.requires_grad or param.numel() == 0:
                 continue
+            pf = param.detach().float()
+            scale = float(pf.std(correction=0)) if param.numel() > 1 else 0.0
+            if not (math.isfinite(scale) and scale > 0):
+                scale = float(pf.pow(2).mean().sqrt())
             mask = torch.rand(param.shape, generator=generator) < alpha
             noise = torch.randn(param.shape, generator=generator)
-            param.add_(noise_scale * float(param.std()) * noise * mask)
+            if not (math.isfinite(scale) and scale > 0):
+                continue
+            param.add_((noise * mask).mul_(noise_scale * scale).to(param.dtype))
             changed += int(mask.sum())
     return changed
 
