@@ -187,3 +187,15 @@ def test_held_out_frame_removes_the_in_sample_bias_of_the_reference() -> None:
     assert held_kl < 0.05 and in_kl > 0.1 and in_kl > 3 * held_kl, (held_kl, in_kl)
     with pytest.raises(ValueError, match=r"needs n >= 2\(k\+1\) = 18"):
         Projection.fit_held_out(ref[:10], k=8)
+
+
+@pytest.mark.parametrize("d", [4, 768])
+def test_all_zero_latents_give_finite_observables(d: int) -> None:
+    """A batch of identical all-zero answers (dead units, an empty-string embedding) must not produce NaN."""
+    from monitor import MonitorConfig, RLHFMonitor
+
+    monitor = RLHFMonitor(MonitorConfig())
+    for step in range(3):
+        report = monitor.observe(step, torch.zeros(200, d), rewards=torch.ones(200))
+    assert_all_finite(report.scalars)
+    assert bool(torch.isfinite(report.div).all())

@@ -191,9 +191,12 @@ def _top_eigenpairs(centred: Tensor, k: int, iters: int = 8, oversample: int = 1
 
 
 def _absolute_floor(z64: Tensor) -> float:
-    """Variance floor for a degenerate reference: 1e-6 of the mean squared latent entry (or 1e-300)."""
+    """Variance floor for a degenerate reference: 1e-6 of the mean squared latent entry; 1 for an all-zero
+    reference (no scale to keep: any unit works, and 1/√floor must stay finite in float32)."""
     ms = float(z64.pow(2).mean())
-    return max(ms * 1e-6, 1e-300) if math.isfinite(ms) else 1e-300
+    if not math.isfinite(ms) or ms == 0.0:
+        return 1.0
+    return max(ms * 1e-6, 1e-300)
 
 
 def _orthonormal_completion(comps: Tensor) -> Tensor:
