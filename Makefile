@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest bench bench-sidecar bench-hook clean
+.PHONY: install demo test lint typecheck pytest bench bench-sidecar bench-hook bench-detection validate clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV_FLAGS) $(VENV)
@@ -51,6 +51,14 @@ bench-sidecar: $(STAMP)
 
 bench-hook: $(STAMP)
 	$(BIN)/python benchmarks/bench_hook.py
+
+# docs/validation.md §1: record 5 seeds × {hackable, control} GRPO runs, then evaluate every detector (≈ 20 min)
+bench-detection: $(STAMP)
+	$(BIN)/python benchmarks/detection/run.py
+
+# docs/validation.md §2–3: particle transitions, grokking, double descent, Theorems 3–4 (≈ 1 h on 2 cores)
+validate: $(STAMP)
+	for exp in particles grokking double_descent theorems; do $(BIN)/python -m benchmarks.validation.$$exp || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
