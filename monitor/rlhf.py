@@ -8,8 +8,9 @@ cool-downs. ``state_dict()`` / ``load_state_dict()`` make a restarted monitor co
 
 Alerts (none during the warm-up, while the run's own noise band and D₀ are estimated):
 
-* ``POTENTIAL_REWARD_HACKING`` (needs rewards): the seed's rule C < C_alert and div_max > div_alert, or a
-  phase transition (below) while the batch's mean reward jumps above its own trailing band.
+* ``POTENTIAL_REWARD_HACKING`` (needs rewards): the streaming detector flags a reorganisation (below) while
+  the batch's mean reward jumps above its own trailing band; optionally (``seed_rule``, off by default) the
+  seed's absolute rule C < C_alert and div_max > div_alert.
 * ``PHASE_TRANSITION``: the streaming detector flags a reorganisation (div_q99, W2_step, H or C leaves the
   run's noise band) and mass piles into a region: a group of samples with strongly negative δ.
 """
@@ -57,9 +58,14 @@ class MonitorConfig:
             ``fpe.pool_window`` the number of previous batches pooled, ``fpe.D0="auto"`` calibrates D₀.
         warmup_steps: steps before any alert; D₀ (``"auto"``) is calibrated over them, and the detector's
             noise band starts from them.
-        C_alert: the seed's consolidation threshold (C below it, with div_max above ``div_alert``, raises
-            POTENTIAL_REWARD_HACKING). With D₀ calibrated, C is about 1 at the start of the run.
-        div_alert: the seed's flux-divergence threshold on div_max (nats per step).
+        seed_rule: also raise POTENTIAL_REWARD_HACKING on the seed's absolute rule (C < ``C_alert`` and
+            div_max > ``div_alert``, seed §11.1). Off by default: on the reward-hacking benchmark
+            (docs/validation.md §1) it fired as often on control runs as on hackable ones (26 false alarms
+            per 1000 control steps), because C drifts down in any run whose reward saturates and one odd
+            answer in a batch is enough for div_max > 1.
+        C_alert: the seed's consolidation threshold (C below it, with div_max above ``div_alert``; used when
+            ``seed_rule`` is on). With D₀ calibrated, C is about 1 at the start of the run.
+        div_alert: the seed's flux-divergence threshold on div_max (nats per step; with ``seed_rule``).
         cluster_factor: a sample is "arriving" when δ_i < −cluster_factor × the run's typical div_q99
             (median over the trailing window), i.e. far outside the stationary noise of δ.
         cluster_min_fraction: a cluster needs at least this fraction of the batch (and 3 samples).
@@ -77,6 +83,7 @@ class MonitorConfig:
 
     fpe: FPEConfig = field(default_factory=FPEConfig)
     warmup_steps: int = 10
+    seed_rule: bool = False
     C_alert: float = 0.3
     div_alert: float = 1.0
     cluster_factor: float = 2.0
@@ -505,11 +512,16 @@ class RLHFMonitor:
             )
         if rewards is not None:
             c_val, div_max = scalars["C"], scalars["div_max"]
-            if math.isfinite(c_val) and math.isfinite(div_max) and c_val < cfg.C_alert and div_max > cfg.div_alert:
+            seed_fired = math.isfinite(c_val) and math.isfinite(div_max) and c_val < cfg.C_alert
+            if cfg.seed_rule and seed_fired and div_max > cfg.div_alert:
                 alert_type = "POTENTIAL_REWARD_HACKING"
                 reasons.append(f"C = {c_val:.3g} < {cfg.C_alert:g} and div_max = {div_max:.3g} > {cfg.div_alert:g}")
-            if transition and math.isfinite(rise) and rise > cfg.reward_rise_z:
+            # A reorganisation that coincides with a reward jump: the reward corroborates it, so no δ-cluster
+            # is needed (an exploit that edits every answer a little shifts the whole batch, fills no new region).
+            if detection.flagged and math.isfinite(rise) and rise > cfg.reward_rise_z:
                 alert_type = "POTENTIAL_REWARD_HACKING"
+                if not transition:
+                    reasons.append(f"streaming detector flagged {', '.join(detection.triggered)}")
                 reasons.append(f"reward_mean jumped {rise:.1f} robust s.d. above its trailing band")
         if alert_type is None and transition:
             alert_type = "PHASE_TRANSITION"

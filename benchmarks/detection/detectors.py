@@ -350,11 +350,15 @@ class FpmonDetector:
         alarm_on: ``"alert"`` (the product: any ``RLHFMonitor`` alert) or ``"flag"`` (a diagnostic: any step,
             after the warm-up, where the monitor's streaming detector flags an observable, without the
             mass-arrival gate that PHASE_TRANSITION adds; named ``fpmon-flag[·]``).
+        label: the detector's name before ``[embedder]`` (default ``fpmon`` / ``fpmon-flag``), for variants
+            such as ``fpmon-seedrule`` (``MonitorConfig(seed_rule=True)``, the default before that rule was
+            turned off).
     """
 
     embedder: str
     config: MonitorConfig = field(default_factory=MonitorConfig)
     alarm_on: Literal["alert", "flag"] = "alert"
+    label: str | None = None
     _cache: dict[str, list[StepReport]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -363,7 +367,8 @@ class FpmonDetector:
 
     @property
     def name(self) -> str:
-        return f"fpmon[{self.embedder}]" if self.alarm_on == "alert" else f"fpmon-flag[{self.embedder}]"
+        label = self.label or ("fpmon" if self.alarm_on == "alert" else "fpmon-flag")
+        return f"{label}[{self.embedder}]"
 
     def replay(self, run: RunData, config: MonitorConfig | None = None) -> list[StepReport]:
         """The monitor's reports for every step of ``run`` (cached for the default config)."""

@@ -27,7 +27,7 @@ import math
 import shutil
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,8 @@ class EvalConfig:
             for e in embedders
         ]
         dets += [FpmonDetector(e, self.monitor_config(), alarm_on="flag") for e in embedders]
+        seed_rule = replace(self.monitor_config(), seed_rule=True)
+        dets += [FpmonDetector(e, seed_rule, label="fpmon-seedrule") for e in embedders]
         return dets
 
 
