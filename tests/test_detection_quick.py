@@ -192,6 +192,7 @@ def test_quick_record_and_evaluate(tmp_path: Path) -> None:
         "entropy_drop",
         "mmd[model]",
         "fpmon-flag[model]",
+        "fpmon-seedrule[model]",
     }
     assert {row["mode"] for row in result["table"]} == {"default", "calibrated"}
     assert all(row["control_steps"] == 16 for row in result["table"])

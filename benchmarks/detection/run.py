@@ -3,6 +3,8 @@
     python benchmarks/detection/run.py              # record (5 seeds × hackable/control × 200 steps) + evaluate
     python benchmarks/detection/run.py record       # only record, into bench-out/detection/
     python benchmarks/detection/run.py evaluate     # only evaluate the recordings (a few minutes)
+    python benchmarks/detection/run.py --seeds 5 6 7 8 9 --out bench-out/detection-holdout \
+        --doc-dir docs/validation/detection-holdout --no-doc   # the held-out seeds of docs/validation.md §1
 
 ``evaluate`` writes docs/validation/detection/ (results.json, table.csv, table.md, one PNG per run) and the
 table into docs/validation.md between the ``detection-table`` markers. ``--quick`` shrinks everything
@@ -13,6 +15,7 @@ docs/ unless ``--doc-dir`` says where.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -74,10 +77,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="GRPO steps per run")
     parser.add_argument("--embedders", nargs="+", default=list(EMBEDDERS), choices=EMBEDDERS)
     parser.add_argument("--quick", action="store_true", help="a few steps, short windows: a smoke run")
+    parser.add_argument(
+        "--no-doc", action="store_true", help="do not write the table into docs/validation.md (e.g. held-out seeds)"
+    )
     args = parser.parse_args(argv)
     if len(args.seeds) < 2:
         parser.error("give at least two seeds: calibration uses a control run of a different seed")
     rec, ev = configs(args)
+    if args.no_doc:
+        ev = dataclasses.replace(ev, write_doc=False)
     t0 = time.perf_counter()
     if args.command in ("all", "record"):
         for seed in rec.seeds:
