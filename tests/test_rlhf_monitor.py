@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -175,3 +176,37 @@ def test_monitor_config_survives_strict_json_with_infinite_tau_D() -> None:
     again = MonitorConfig.from_dict(json.loads(text))
     assert math.isinf(again.fpe.tau_D)
     assert again.to_dict() == cfg.to_dict()
+
+
+def _decide_on(config: MonitorConfig, *, C: float, div_max: float, flagged: bool, rise: float, cluster: int):
+    """The alert RLHFMonitor's decision rule gives for these numbers (a post-warm-up step with rewards)."""
+    from monitor.detect import Detection
+
+    monitor = RLHFMonitor(config)
+    z = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
+    report = monitor.observe(0, z, rewards=torch.zeros(64))
+    detection = Detection(
+        step=50, flagged=flagged, triggered=("C",) if flagged else (), scores={}, cusum={}, warming_up=False
+    )
+    scalars = {**report.scalars, "C": C, "div_max": div_max}
+    obs = SimpleNamespace(div=torch.linspace(-1.0, 1.0, 64))  # the decision reads only δ (for the top samples)
+    return monitor._decide(50, scalars, obs, detection, cluster, rise, torch.zeros(64), None, None)
+
+
+def test_reward_hacking_rule_flag_with_reward_jump_needs_no_cluster_and_seed_rule_is_opt_in() -> None:
+    """DESIGN §3.5 as measured in docs/validation.md §1: a streaming flag that coincides with a reward jump is
+    POTENTIAL_REWARD_HACKING without a δ-cluster; the seed's absolute rule (C < 0.3, div_max > 1) fires only
+    with seed_rule=True; a flag without reward jump or cluster raises nothing."""
+    default = MonitorConfig()
+    assert default.seed_rule is False
+    jump = _decide_on(default, C=1.0, div_max=0.5, flagged=True, rise=default.reward_rise_z + 1, cluster=0)
+    assert jump is not None and jump.type == "POTENTIAL_REWARD_HACKING"
+    assert any("reward_mean jumped" in r for r in jump.reasons) and any("flagged C" in r for r in jump.reasons)
+    assert _decide_on(default, C=1.0, div_max=0.5, flagged=True, rise=default.reward_rise_z - 1, cluster=0) is None
+    assert _decide_on(default, C=1.0, div_max=0.5, flagged=False, rise=10.0, cluster=0) is None
+    assert _decide_on(default, C=0.1, div_max=5.0, flagged=False, rise=0.0, cluster=0) is None  # seed rule off
+    seed = MonitorConfig(seed_rule=True)
+    fired = _decide_on(seed, C=0.1, div_max=5.0, flagged=False, rise=0.0, cluster=0)
+    assert fired is not None and fired.type == "POTENTIAL_REWARD_HACKING" and "C = 0.1 < 0.3" in fired.reasons[0]
+    transition = _decide_on(default, C=1.0, div_max=0.5, flagged=True, rise=0.0, cluster=12)
+    assert transition is not None and transition.type == "PHASE_TRANSITION"
