@@ -2,7 +2,7 @@
 
 Run::
 
-    python benchmarks/bench_hook.py [--steps 25] [--repeats 3] [--threads 1] [--json PATH]
+    python benchmarks/bench_hook.py [--steps 25] [--repeats 3] [--threads 1] [--pin] [--json PATH]
 
 The run is ``monitor.toy``'s GRPO task (a tiny Llama, 64 completions of ≤ 16 tokens per step, CPU); the policy is
 warmed up once and deep-copied for every run, so all runs start from the same weights with the same seed. Modes:
@@ -13,6 +13,8 @@ warmed up once and deep-copied for every run, so all runs start from the same we
   (SQLite) on loopback, started once for the whole benchmark;
 - ``on, sidecar down``: the same, shipping to a loopback port nobody listens on (the client retries, then
   spools to disk);
+- ``on, sidecar up, no embedding`` and ``on, sidecar down, no embedding``: the same with precomputed latents
+  instead of an embedder: the machinery alone, with no embedding;
 - ``on + policy embedder, sidecar up``: the hook with its default embedder (a frozen copy of the initial
   policy, ``monitor.embed.ModelEmbedder``): the machinery plus the embedding cost.
 
@@ -56,7 +58,20 @@ from monitor.toy.grpo import ToyRunConfig, build_grpo_trainer, build_policy
 from monitor.trl import FPEMonitorCallback, wrap_reward_funcs
 
 OFF, UP, DOWN, UP_EMBED = "off", "on, sidecar up", "on, sidecar down", "on + policy embedder, sidecar up"
-MODES = (OFF, UP, DOWN, UP_EMBED)
+DOWN_CONST = "on, sidecar down, no embedding"
+UP_CONST = "on, sidecar up, no embedding"
+MODES = (OFF, UP, DOWN, UP_CONST, DOWN_CONST, UP_EMBED)
+
+
+class ConstantLatents:
+    """A zero-cost "embedder": the same precomputed (n, 64) latents for every batch of n texts. With it the
+    hook's machinery (recording, copying, queueing, encoding, spool) is measured without any embedding."""
+
+    def __init__(self, dim: int = 64) -> None:
+        self.table = torch.randn(4096, dim, generator=torch.Generator().manual_seed(0))
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        return self.table[: len(texts)]
 
 
 class BagOfWords:
@@ -84,12 +99,13 @@ def free_port() -> int:
 class Server:
     """``fpmon serve`` in a child process on an ephemeral loopback port."""
 
-    def __init__(self, database_url: str, log: Path) -> None:
+    def __init__(self, database_url: str, log: Path, cpus: set[int] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, "-m", "monitor.cli", "serve", "--port", str(self.port), "--database-url", database_url]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        self.proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+        self.proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, preexec_fn=pin)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -169,10 +185,13 @@ def one_run(
     if mode == OFF:
         trainer = build_grpo_trainer(cfg, callbacks=[timer], model=model, tokenizer=tok, output_dir=tmp / "out")
     else:
-        url = down_url if mode == DOWN else server_url
+        url = down_url if mode in (DOWN, DOWN_CONST) else server_url
         name = f"bench-{MODES.index(mode)}-{repeat}"
         client = MonitorClient(url, run_name=name, config=ClientConfig(spool_dir=tmp / f"spool-{name}"))
-        hook = TimedHook(client, embedder=None if mode == UP_EMBED else BagOfWords(tok))
+        embedder = {UP_EMBED: None, DOWN_CONST: ConstantLatents(), UP_CONST: ConstantLatents()}.get(
+            mode, BagOfWords(tok)
+        )
+        hook = TimedHook(client, embedder=embedder)
         trainer = build_grpo_trainer(
             cfg,
             callbacks=[hook, timer],
@@ -221,6 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (intra-op)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the raw step times here")
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin the sidecar to the last CPU and training (with the hook's thread) to the others, so that the "
+        "sidecar's compute does not take the trainer's cores (as on its own machine); needs ≥ 2 CPUs",
+    )
     args = parser.parse_args(argv)
     if args.steps < 3 or args.repeats < 1:
         parser.error("--steps must be ≥ 3 and --repeats ≥ 1")
@@ -237,7 +262,15 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         db = f"sqlite:///{tmp / 'fpmon.db'}"
         storage.upgrade(db)
-        server = Server(db, tmp / "server.log")
+        sidecar_cpus: set[int] | None = None
+        if args.pin:
+            cpus = sorted(os.sched_getaffinity(0))
+            if len(cpus) < 2:
+                parser.error("--pin needs at least 2 CPUs")
+            sidecar_cpus = {cpus[-1]}
+            os.sched_setaffinity(0, set(cpus[:-1]))
+            print(f"pinned: training and the hook on CPUs {cpus[:-1]}, the sidecar on CPU {cpus[-1]}")
+        server = Server(db, tmp / "server.log", cpus=sidecar_cpus)
         down_url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
         try:
             for r in range(args.repeats):
