@@ -2,32 +2,41 @@
 
 Run::
 
-    python benchmarks/bench_hook.py [--steps 25] [--repeats 3] [--threads 1] [--pin] [--json PATH]
+    python benchmarks/bench_hook.py [--steps 25] [--warmup 1] [--repeats 3] [--threads 1] [--pin]
+                                    [--modes off,up,down,...] [--json PATH]
 
 The run is ``monitor.toy``'s GRPO task (a tiny Llama, 64 completions of ≤ 16 tokens per step, CPU); the policy is
 warmed up once and deep-copied for every run, so all runs start from the same weights with the same seed. Modes:
 
 - ``off``: no hook;
 - ``on, sidecar up``: ``FPEMonitorCallback`` and ``wrap_reward_funcs`` with a near-free bag-of-words embedder
-  (the hook's machinery alone: recording, copying, queueing, encoding, HTTP), shipping to a real ``fpmon serve``
-  (SQLite) on loopback, started once for the whole benchmark;
+  (the hook's machinery: recording, copying, queueing, encoding, HTTP, plus ≈1 ms of embedding), shipping to a
+  real ``fpmon serve`` (SQLite) on loopback, started once for the whole benchmark; the client's default
+  transport (``ClientConfig.transport="process"``: encoding, HTTP, retries and spool in a sender process);
 - ``on, sidecar down``: the same, shipping to a loopback port nobody listens on (the client retries, then
   spools to disk);
 - ``on, sidecar up, no embedding`` and ``on, sidecar down, no embedding``: the same with precomputed latents
   instead of an embedder: the machinery alone, with no embedding;
+- ``…, thread transport``: the same with ``ClientConfig(transport="thread")`` — encoding, HTTP, retries and
+  spool in a background thread of the training process (the design before the sender process): the baseline;
 - ``on + policy embedder, sidecar up``: the hook with its default embedder (a frozen copy of the initial
   policy, ``monitor.embed.ModelEmbedder``): the machinery plus the embedding cost.
 
 Modes are interleaved (the order rotates from repeat to repeat) so that drifts of the machine's load hit all
-modes alike. Per training step (between consecutive ``on_step_end`` events, the hook's own ``on_step_end``
-included; the first step of each run dropped as warm-up) it records wall time, the training thread's CPU time
-(``time.thread_time``) and the process's CPU time (``time.process_time``, which adds the client's background
-thread). Reported per mode: medians over all kept steps of all repeats (IQR for wall time), overheads =
-median(on) / median(off) − 1 (for wall time also the range of the per-repeat ratios), the hook's own time on
-the training thread (reward recording + ``on_step_end``), and, separately, the embedding time per step spent in
-the client's background thread (``client.stats.embed_seconds``). Wall time is what training feels, but on a
-shared machine other processes' load makes it noisy; the CPU times are much less affected by that load. The
-sidecar's compute worker runs on the same machine (in a real deployment it has its own). The script prints a
+modes alike. With the process transport each run waits until the client's sender process is ready before
+training starts (its imports are not a training step; the time is printed per run). Per training step
+(between consecutive ``on_step_end`` events, the hook's own ``on_step_end`` included; the first ``--warmup``
+steps of each run dropped) it records wall time, the training thread's CPU time (``time.thread_time``) and the
+process's CPU time (``time.process_time``, which adds the client's background threads, not the sender
+process). Reported per mode: medians over all kept steps of all repeats (IQR for wall time), overheads =
+median(on) / median(off) − 1 (for wall time also the range of the per-repeat ratios, and the *paired*
+overhead: the median over steps of wall(mode) / wall(off) at the same step of the same repeat, with a 95 %
+bootstrap interval — every run trains the same steps, so pairing removes the step-to-step variation of the
+work), the hook's own time on the training thread (reward recording + ``on_step_end``), the embedding time
+per step spent in the client's background thread (``client.stats.embed_seconds``), and the sender process's
+CPU time per step (``/proc``). Wall time is what training feels, but on a shared machine other processes' load
+makes it noisy. The sidecar's compute worker runs on the same machine (in a real deployment it has its own);
+``--pin`` puts it, and the sender process, on the last CPU and training on the others. The script prints a
 Markdown table and exits 0 (it measures, it does not test).
 """
 
@@ -38,6 +47,7 @@ import copy
 import json
 import logging
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -60,7 +70,23 @@ from monitor.trl import FPEMonitorCallback, wrap_reward_funcs
 OFF, UP, DOWN, UP_EMBED = "off", "on, sidecar up", "on, sidecar down", "on + policy embedder, sidecar up"
 DOWN_CONST = "on, sidecar down, no embedding"
 UP_CONST = "on, sidecar up, no embedding"
-MODES = (OFF, UP, DOWN, UP_CONST, DOWN_CONST, UP_EMBED)
+UP_CONST_THREAD = "on, sidecar up, no embedding, thread transport"
+DOWN_CONST_THREAD = "on, sidecar down, no embedding, thread transport"
+MODES = (OFF, UP, DOWN, UP_CONST, DOWN_CONST, UP_CONST_THREAD, DOWN_CONST_THREAD, UP_EMBED)
+#: --modes keys
+MODE_KEYS = {
+    "off": OFF,
+    "up": UP,
+    "down": DOWN,
+    "up-const": UP_CONST,
+    "down-const": DOWN_CONST,
+    "up-thread": UP_CONST_THREAD,
+    "down-thread": DOWN_CONST_THREAD,
+    "up-embed": UP_EMBED,
+}
+DOWN_MODES = (DOWN, DOWN_CONST, DOWN_CONST_THREAD)
+CONST_MODES = (UP_CONST, DOWN_CONST, UP_CONST_THREAD, DOWN_CONST_THREAD)
+THREAD_MODES = (UP_CONST_THREAD, DOWN_CONST_THREAD)
 
 
 class ConstantLatents:
@@ -176,7 +202,16 @@ class TimedHook(FPEMonitorCallback):
 
 
 def one_run(
-    mode: str, repeat: int, cfg: ToyRunConfig, policy: Any, tok: Any, server_url: str, down_url: str, tmp: Path
+    mode: str,
+    repeat: int,
+    cfg: ToyRunConfig,
+    policy: Any,
+    tok: Any,
+    server_url: str,
+    down_url: str,
+    tmp: Path,
+    sender_cpus: set[int] | None = None,
+    warmup: int = 1,
 ) -> dict[str, Any]:
     timer = StepTimer()
     model = copy.deepcopy(policy)
@@ -185,12 +220,17 @@ def one_run(
     if mode == OFF:
         trainer = build_grpo_trainer(cfg, callbacks=[timer], model=model, tokenizer=tok, output_dir=tmp / "out")
     else:
-        url = down_url if mode in (DOWN, DOWN_CONST) else server_url
+        url = down_url if mode in DOWN_MODES else server_url
         name = f"bench-{MODES.index(mode)}-{repeat}"
-        client = MonitorClient(url, run_name=name, config=ClientConfig(spool_dir=tmp / f"spool-{name}"))
-        embedder = {UP_EMBED: None, DOWN_CONST: ConstantLatents(), UP_CONST: ConstantLatents()}.get(
-            mode, BagOfWords(tok)
-        )
+        transport = "thread" if mode in THREAD_MODES else "process"
+        config = ClientConfig(spool_dir=tmp / f"spool-{name}", transport=transport, sender_cpus=sender_cpus)
+        client = MonitorClient(url, run_name=name, config=config)
+        started = time.perf_counter()
+        while transport == "process" and client.sender_pid is None and time.perf_counter() - started < 120:
+            time.sleep(0.01)  # the sender's start-up (imports) is not part of a training step
+        sender_start_s = time.perf_counter() - started
+        sender_cpu_start = sender_cpu_seconds(client)
+        embedder: Any = None if mode == UP_EMBED else ConstantLatents() if mode in CONST_MODES else BagOfWords(tok)
         hook = TimedHook(client, embedder=embedder)
         trainer = build_grpo_trainer(
             cfg,
@@ -207,25 +247,56 @@ def one_run(
     out: dict[str, Any] = {
         "mode": mode,
         "repeat": repeat,
-        "wall": timer.wall[1:],
-        "thread": timer.thread[1:],
-        "process": timer.process[1:],
+        "wall": timer.wall[warmup:],
+        "thread": timer.thread[warmup:],
+        "process": timer.process[warmup:],
     }
     if client is not None and hook is not None:
         t0 = time.perf_counter()
         client.flush(60)
+        sender_cpu = sender_cpu_seconds(client) - sender_cpu_start
         stats = client.stats
         out.update(
             flush_s=time.perf_counter() - t0,
             embed_s_per_step=stats.embed_seconds / max(1, hook.stats.steps_shipped),
             hook_wall_s_per_step=hook.wall_seconds / max(1, len(timer.wall)),
             hook_cpu_s_per_step=hook.cpu_seconds / max(1, len(timer.wall)),
+            sender_cpu_s_per_step=sender_cpu / max(1, len(timer.wall)),
+            sender_start_s=sender_start_s,
             sent=stats.sent,
             spooled=stats.spooled,
             hook_errors=dict(hook.stats.errors),
         )
         client.close(5)
     return out
+
+
+def sender_cpu_seconds(client: MonitorClient) -> float:
+    """CPU time (user + system) the client's sender process has used so far; 0 without one."""
+    sender = getattr(client, "_sender", None)
+    pid = getattr(sender, "pid", None)
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def paired_overhead(results: list[dict[str, Any]], mode: str, rng: random.Random) -> tuple[float, float, float]:
+    """Median over (repeat, step) of wall(mode) / wall(off) at the same step of the same repeat, minus 1, with
+    a 95 % bootstrap interval. Every run trains the same steps from the same weights and seed, so pairing by
+    step removes the step-to-step variation of the work (completion lengths) that the pooled medians keep."""
+    ratios: list[float] = []
+    for res in results:
+        if res["mode"] != mode:
+            continue
+        for off in results:
+            if off["mode"] == OFF and off["repeat"] == res["repeat"]:
+                ratios += [a / b for a, b in zip(res["wall"], off["wall"], strict=False)]
+    boot = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(1000))
+    return statistics.median(ratios) - 1, boot[25] - 1, boot[974] - 1
 
 
 def quartiles(xs: list[float]) -> tuple[float, float, float]:
@@ -235,7 +306,8 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=25, help="training steps per run (the first is dropped)")
+    parser.add_argument("--steps", type=int, default=25, help="training steps per run (--warmup dropped)")
+    parser.add_argument("--warmup", type=int, default=1, help="first steps of each run not timed")
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode, interleaved")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (intra-op)")
     parser.add_argument("--seed", type=int, default=0)
@@ -243,12 +315,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--pin",
         action="store_true",
-        help="pin the sidecar to the last CPU and training (with the hook's thread) to the others, so that the "
-        "sidecar's compute does not take the trainer's cores (as on its own machine); needs ≥ 2 CPUs",
+        help="pin the sidecar and the client's sender process to the last CPU, and training (with the hook's "
+        "threads) to the others: the sidecar as on its own machine, the sender on a core training does not use "
+        "(as on a GPU node, which has cores to spare); needs ≥ 2 CPUs",
+    )
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODE_KEYS),
+        help=f"comma-separated modes to run (off is always run): {', '.join(MODE_KEYS)}",
     )
     args = parser.parse_args(argv)
-    if args.steps < 3 or args.repeats < 1:
-        parser.error("--steps must be ≥ 3 and --repeats ≥ 1")
+    unknown = set(args.modes.split(",")) - set(MODE_KEYS)
+    if unknown:
+        parser.error(f"unknown --modes {sorted(unknown)}; choose from {', '.join(MODE_KEYS)}")
+    modes = tuple(m for m in MODES if m == OFF or m in {MODE_KEYS[k] for k in args.modes.split(",")})
+    if args.steps < args.warmup + 2 or args.repeats < 1 or args.warmup < 0:
+        parser.error("--steps must be ≥ --warmup + 2, --repeats ≥ 1, --warmup ≥ 0")
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.ERROR)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -269,14 +351,14 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("--pin needs at least 2 CPUs")
             sidecar_cpus = {cpus[-1]}
             os.sched_setaffinity(0, set(cpus[:-1]))
-            print(f"pinned: training and the hook on CPUs {cpus[:-1]}, the sidecar on CPU {cpus[-1]}")
+            print(f"pinned: training and the hook on CPUs {cpus[:-1]}, the sidecar and the sender on CPU {cpus[-1]}")
         server = Server(db, tmp / "server.log", cpus=sidecar_cpus)
         down_url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
         try:
             for r in range(args.repeats):
-                order = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]
+                order = modes[r % len(modes) :] + modes[: r % len(modes)]
                 for mode in order:
-                    res = one_run(mode, r, cfg, policy, tok, server.url, down_url, tmp)
+                    res = one_run(mode, r, cfg, policy, tok, server.url, down_url, tmp, sidecar_cpus, args.warmup)
                     med = statistics.median(res["wall"])
                     print(f"repeat {r} {mode:34s} median step {1000 * med:7.1f} ms", flush=True)
                     results.append(res)
@@ -291,23 +373,25 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"torch {torch.__version__}, {args.threads} torch thread(s), {os.cpu_count()} CPU cores, load average now ")
     print(
-        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min); {args.repeats} repeats × {args.steps - 1} timed "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} (1/5/15 min); {args.repeats} repeats × "
+        f"{args.steps - args.warmup} timed "
     )
     print(f"steps per mode; {cfg.completions_per_step} completions per step")
     print()
     print(
-        "| mode | wall ms/step, median (IQR) | wall overhead (per repeat) | training-thread CPU ms/step | "
-        "its overhead | process CPU ms/step | its overhead | hook on the training thread, ms/step | "
-        "embedding ms/step (background) |"
+        "| mode | wall ms/step, median (IQR) | wall overhead (per repeat) | paired wall overhead [95 % CI] | "
+        "training-thread CPU ms/step | its overhead | process CPU ms/step | its overhead | "
+        "hook on the training thread, ms/step | embedding ms/step (background) | sender process CPU ms/step |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for m in MODES:
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    rng = random.Random(0)
+    for m in modes:
         q1, med, q3 = quartiles(pooled(m, "wall"))
         thread = statistics.median(pooled(m, "thread"))
         proc = statistics.median(pooled(m, "process"))
         runs = [res for res in results if res["mode"] == m]
         if m == OFF:
-            over = t_over = p_over = hook_ms = embed = "—"
+            over = paired = t_over = p_over = hook_ms = embed = sender = "—"
         else:
             ratios = [
                 statistics.median(res["wall"]) / statistics.median(o["wall"]) - 1
@@ -322,16 +406,21 @@ def main(argv: list[str] | None = None) -> int:
             hook_cpu = 1000 * statistics.mean(res["hook_cpu_s_per_step"] for res in runs)
             hook_ms = f"{hook_cpu:.2f} CPU, {hook_wall:.2f} wall"
             embed = f"{1000 * statistics.mean(res['embed_s_per_step'] for res in runs):.1f}"
+            sender_ms = 1000 * statistics.mean(res["sender_cpu_s_per_step"] for res in runs)
+            sender = "— (thread)" if m in THREAD_MODES else f"{sender_ms:.1f}"
+            p_med, p_lo, p_hi = paired_overhead(results, m, rng)
+            paired = f"{100 * p_med:+.1f} % [{100 * p_lo:+.1f}, {100 * p_hi:+.1f}]"
         print(
-            f"| {m} | {1000 * med:.0f} ({1000 * q1:.0f}–{1000 * q3:.0f}) | {over} | {1000 * thread:.0f} | {t_over} | "
-            f"{1000 * proc:.0f} | {p_over} | {hook_ms} | {embed} |"
+            f"| {m} | {1000 * med:.0f} ({1000 * q1:.0f}–{1000 * q3:.0f}) | {over} | {paired} | {1000 * thread:.0f} | "
+            f"{t_over} | {1000 * proc:.0f} | {p_over} | {hook_ms} | {embed} | {sender} |"
         )
     print()
     for res in results:
         if res["mode"] != OFF:
             print(
                 f"repeat {res['repeat']} {res['mode']}: sent {res['sent']}, spooled {res['spooled']}, "
-                f"final flush {res['flush_s']:.2f} s, hook errors {res['hook_errors'] or 'none'}"
+                f"final flush {res['flush_s']:.2f} s, sender ready {res['sender_start_s']:.2f} s after the client "
+                f"was created, hook errors {res['hook_errors'] or 'none'}"
             )
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=1))

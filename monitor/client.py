@@ -1,15 +1,24 @@
 """``MonitorClient``: ships each training step to the fpmon sidecar without ever stalling training.
 
-The training thread only validates its input and copies the batch (``observe``). One background daemon
-thread owns everything else: embedding the responses, encoding the step (``monitor.stepfile``), HTTP with
+The training thread only validates its input and copies the batch (``observe``). Everything else happens
+elsewhere. By default (``ClientConfig.transport="process"``) one background thread of the training process
+embeds the responses (when the client embeds) and hands each step to a *sender process*
+(``monitor.sender``), which encodes it, speaks HTTP, retries and spools — off the training process's GIL,
+on another core. With ``transport="thread"`` (and inside the sender process) one background daemon thread
+does all of it: embedding the responses, encoding the step (``monitor.stepfile``), HTTP with
 retries (exponential backoff, full jitter) on connection errors, timeouts, 429 and 5xx, and the on-disk
 spool (``monitor.spool``) when the sidecar stays unreachable or the in-memory queue (bounded in bytes) is
 full. Steps reach the server in the order they were observed: once a step of this run is in the spool,
 later steps go behind it, and the thread drains the spool in step order as soon as the sidecar answers
 again (it probes ``/healthz`` on the backoff schedule). ``fpmon sync SPOOL_DIR`` replays what is left.
 
-With ``url=None`` the same thread ingests each step into a database (SQLite by default) and processes it
-with the sidecar's own ``api.worker.StepProcessor``: the same storage and the same results, no server.
+With ``url=None`` the same code ingests each step into a database (SQLite by default) and processes it
+with the sidecar's own ``api.worker.StepProcessor``: the same storage and the same results, no server (in
+the sender process by default, so the observables are computed off the training process's GIL too).
+
+The process transport loses nothing when the sender dies: the training process keeps each step until the
+sender reports it sent, spooled, rejected or dropped, starts a new sender and hands the rest over again (up
+to ``max_sender_restarts`` times; then it falls back to the thread transport, with an error log).
 
 Counters (``stats``): ``sent`` (acknowledged by the server, duplicates included), ``spooled`` (written to
 the spool; a spooled step that is delivered later also counts in ``sent``), ``retried`` (attempts repeated
@@ -20,14 +29,15 @@ message), ``dropped`` (could not even be written to disk or turned into a payloa
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import math
 import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -49,6 +59,10 @@ _WIRE_DTYPES = (torch.float16, torch.float32, torch.bfloat16)
 
 def _default_spool_dir() -> Path:
     return Path(os.environ.get("FPMON_SPOOL_DIR", "fpmon-spool"))
+
+
+def _default_transport() -> Literal["process", "thread"]:
+    return "process" if os.name == "posix" else "thread"
 
 
 @dataclass
@@ -78,6 +92,20 @@ class ClientConfig:
             Default ``cpu`` (stays off the training GPU).
         poll_alerts_s: how often the background thread fetches this run's alerts. Default 5 s.
         embed_batch_size: responses per call of the embedder. Default 64.
+        transport: ``"process"`` (default on POSIX): a sender process encodes, sends, retries and spools,
+            so none of that takes the training process's GIL; the embedder still runs in a background
+            thread of the training process (it needs the model that lives there). ``"thread"``: all of it in
+            one background thread of the training process (the only choice where ``os.name != "posix"``;
+            also what the sender process itself runs). Both deliver the same steps in the same order.
+        sender_threads: torch threads of the sender process (in-process mode computes the observables
+            there). Default 1: it shares the machine with training.
+        sender_nice: niceness added to the sender process (``os.nice``), so that when it shares a core with
+            training the scheduler gives training the CPU first (the sender needs a few ms per step and
+            catches up when a core is idle). Default 10; 0 keeps the training process's priority.
+        sender_cpus: CPUs the sender process may run on (``os.sched_setaffinity``), e.g. ``{15}`` to keep it
+            off the cores of the training threads and data loaders. Default None: the training process's.
+        max_sender_restarts: how often a sender process that died is replaced (its unfinished steps are
+            handed to the next one) before the client falls back to ``transport="thread"``. Default 3.
     """
 
     spool_dir: Path = field(default_factory=_default_spool_dir)
@@ -91,6 +119,11 @@ class ClientConfig:
     device: str = "cpu"
     poll_alerts_s: float = 5.0
     embed_batch_size: int = 64
+    transport: Literal["process", "thread"] = field(default_factory=lambda: _default_transport())
+    sender_threads: int = 1
+    sender_nice: int = 10
+    sender_cpus: frozenset[int] | None = None
+    max_sender_restarts: int = 3
 
     def __post_init__(self) -> None:
         self.spool_dir = Path(self.spool_dir)
@@ -110,6 +143,20 @@ class ClientConfig:
             raise ValueError(f"ClientConfig.poll_alerts_s must be > 0 seconds, got {self.poll_alerts_s}")
         if self.embed_batch_size < 1:
             raise ValueError(f"ClientConfig.embed_batch_size must be >= 1, got {self.embed_batch_size}")
+        if self.transport not in ("process", "thread"):
+            raise ValueError(f"ClientConfig.transport must be 'process' or 'thread', got {self.transport!r}")
+        if self.transport == "process" and os.name != "posix":
+            raise ValueError("ClientConfig.transport='process' needs a POSIX system; use transport='thread'")
+        if self.sender_threads < 1:
+            raise ValueError(f"ClientConfig.sender_threads must be >= 1, got {self.sender_threads}")
+        if not 0 <= self.sender_nice <= 19:
+            raise ValueError(f"ClientConfig.sender_nice must be between 0 and 19, got {self.sender_nice}")
+        if self.sender_cpus is not None:
+            self.sender_cpus = frozenset(int(c) for c in self.sender_cpus)
+            if not self.sender_cpus or min(self.sender_cpus) < 0:
+                raise ValueError(f"ClientConfig.sender_cpus must be a non-empty set of CPUs, got {self.sender_cpus}")
+        if self.max_sender_restarts < 0:
+            raise ValueError(f"ClientConfig.max_sender_restarts must be >= 0, got {self.max_sender_restarts}")
 
     def resolved_database_url(self) -> str:
         """The in-process database URL (see ``database_url``)."""
@@ -165,6 +212,15 @@ class _Item:
     lr: float | None
     embedder: Embedder | None
     nbytes: int
+
+
+@dataclass
+class _Adopt:
+    """Queue marker (process transport): step ``step`` was spooled by the calling thread on overflow; the
+    sender is told in queue order, so that it drains the step behind the ones observed before it."""
+
+    step: int
+    nbytes: int = 0
 
 
 @dataclass
@@ -328,6 +384,8 @@ class MonitorClient:
             responses without latents. Called in the background thread, under ``torch.no_grad()``.
         monitor_config: the run's ``MonitorConfig`` (sent at run creation; the sidecar computes with it).
         config: client settings (:class:`ClientConfig`).
+        spool_backlog: internal (the sender process): the spooled steps to drain, instead of every step
+            found in the run's spool folder.
 
     Use it as a context manager, or call :meth:`close` (also registered with ``atexit``).
     """
@@ -341,6 +399,8 @@ class MonitorClient:
         embedder: Embedder | None = None,
         monitor_config: MonitorConfig | None = None,
         config: ClientConfig | None = None,
+        spool_backlog: Sequence[int] | None = None,
+        _defer_start: bool = False,
     ) -> None:
         self.config = config or ClientConfig()
         if url is not None:
@@ -363,10 +423,11 @@ class MonitorClient:
         self.run_id: int | None = None
 
         self._cond = threading.Condition()
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[_Item | _Adopt] = deque()
         self._queued_bytes = 0
         self._unresolved = 0  # observed steps not yet sent / spooled / rejected / dropped
-        self._backlog: set[int] = set(self._spool.steps())  # includes steps left by an earlier process
+        # includes steps left by an earlier process
+        self._backlog: set[int] = set(self._spool.steps() if spool_backlog is None else spool_backlog)
         self._info_written = False
         self._latent_dim: int | None = None
         self._last_step: int | None = None
@@ -382,6 +443,22 @@ class MonitorClient:
         self._closing = False
         self._closed = False
         self._sink: _Sink | None = None
+        #: called with each step once it is sent, spooled, rejected or dropped (the sender process reports it)
+        self._on_resolved: Callable[[int], None] | None = None
+        # process transport: the training process's side (see monitor.sender)
+        self._mode: Literal["process", "thread"] = self.config.transport
+        self._sender: Any = None  # monitor.sender.SenderProcess once started
+        self._pending: OrderedDict[int, _Item] = OrderedDict()  # handed to the sender, not resolved yet
+        self._pending_bytes = 0
+        self._child_stats: dict[str, Any] = {}  # the running sender's counters
+        self._base_stats: dict[str, int] = {}  # counters of senders that are gone
+        self._flushed_gen = 0  # the newest flush generation the sender answered
+        self._flush_timeout: float | None = None
+        self._sender_lost = False  # the running sender died; start another
+        self._sender_closing = False
+        self._sender_closed = False
+        self._sender_restarts = 0
+        self._sender_ready_pid: int | None = None
         if self._backlog:
             log.info(
                 "run %r: %d steps left in %s from earlier; sending them first",
@@ -389,7 +466,13 @@ class MonitorClient:
                 len(self._backlog),
                 self._spool.path,
             )
-        self._thread = threading.Thread(target=self._run, name=f"fpmon-client-{run_name}", daemon=True)
+        self._adopt_queued: set[int] = set()  # steps with an _Adopt marker still in the queue
+        target = self._forward if self._mode == "process" else self._run
+        self._thread = threading.Thread(target=target, name=f"fpmon-client-{run_name}", daemon=True)
+        if not _defer_start:  # the sender process queues the steps it was handed before starting
+            self._start()
+
+    def _start(self) -> None:
         self._thread.start()
         atexit.register(self.close)
 
@@ -475,7 +558,8 @@ class MonitorClient:
         item = _Item(step, z, texts, r, prompt_list, id_list, float(lr) if lr is not None else None, embedder, nbytes)
         self._last_step = step
         with self._cond:
-            fits = not self._queue or self._queued_bytes + nbytes <= self.config.max_queue_bytes
+            held = self._queued_bytes + self._pending_bytes
+            fits = (not self._queue and not self._pending) or held + nbytes <= self.config.max_queue_bytes
             if fits or item.latents is None:
                 if not fits:  # nothing to write without embedding it first; see _overflow_unembedded
                     self._overflow_unembedded(item)
@@ -495,6 +579,12 @@ class MonitorClient:
                 self._spool.path,
             )
             self._spool_built(self._build(item))
+            if self._mode == "process":  # the sender drains it, after the steps queued before it
+                self._queue.append(_Adopt(step))
+                self._adopt_queued.add(step)
+                self._cond.notify_all()
+        if self._on_resolved is not None:
+            self._on_resolved(step)
 
     def _overflow_unembedded(self, item: _Item) -> None:
         """Queue full and the step has responses but no latents: it cannot be spooled without embedding it."""
@@ -505,6 +595,21 @@ class MonitorClient:
         )
         self._last_error = msg
         log.error(msg)
+        if self._on_resolved is not None:
+            self._on_resolved(item.step)
+
+    def _count_dropped(self, message: str) -> None:
+        """Count one step as dropped (the sender process, for a step it could not take)."""
+        with self._cond:
+            self._dropped += 1
+            self._last_error = message
+
+    def _adopt_spooled(self, step: int) -> None:
+        """Step ``step`` was written to this run's spool by another process (the training process, on a
+        queue overflow): drain it in order with the rest."""
+        with self._cond:
+            self._backlog.add(step)
+            self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every observed step was sent, spooled, rejected or dropped — and, while the sidecar
@@ -514,10 +619,14 @@ class MonitorClient:
         with self._cond:
             self._flush_gen += 1
             gen = self._flush_gen
+            self._flush_timeout = timeout
             self._nudge = True
             self._cond.notify_all()
             while True:
-                done = self._unresolved == 0 and (not self._backlog or self._drain_failed_gen >= gen)
+                if self._mode == "process":  # the sender answers this flush once it has done the same
+                    done = self._unresolved == 0 and self._flushed_gen >= gen
+                else:
+                    done = self._unresolved == 0 and (not self._backlog or self._drain_failed_gen >= gen)
                 if done or not self._thread.is_alive():
                     return self._unresolved == 0
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -535,7 +644,10 @@ class MonitorClient:
         with self._cond:
             self._closing = True
             self._cond.notify_all()
-        self._thread.join(self.config.timeout_s + 5.0)
+        self._thread.join(self.config.timeout_s + (25.0 if self._mode == "process" else 5.0))
+        if self._thread.is_alive() and self._sender is not None:  # stuck writing to a hung sender
+            self._sender.kill()
+            self._thread.join(10.0)
         if self._thread.is_alive():
             log.error("the fpmon client thread did not stop; %d steps still in memory", self._unresolved)
         self._closed = True
@@ -555,19 +667,34 @@ class MonitorClient:
     @property
     def stats(self) -> ClientStats:
         with self._cond:
+            c, b = self._child_stats, self._base_stats
+
+            def count(name: str) -> int:
+                return int(getattr(self, f"_{name}")) + b.get(name, 0) + int(c.get(name, 0))
+
+            backlog = len(self._backlog)
+            if self._mode == "process" and c:
+                backlog = int(c.get("spool_backlog", backlog))
             return ClientStats(
-                sent=self._sent,
-                spooled=self._spooled,
-                retried=self._retried,
-                dropped=self._dropped,
-                rejected=self._rejected,
-                dropped_rows=self._dropped_rows,
+                sent=count("sent"),
+                spooled=count("spooled"),
+                retried=count("retried"),
+                dropped=count("dropped"),
+                rejected=count("rejected"),
+                dropped_rows=count("dropped_rows"),
                 queued_steps=self._unresolved,
-                queued_bytes=self._queued_bytes,
-                spool_backlog=len(self._backlog),
+                queued_bytes=self._queued_bytes + self._pending_bytes,
+                spool_backlog=backlog,
                 embed_seconds=self._embed_seconds,
                 last_error=self._last_error,
             )
+
+    @property
+    def sender_pid(self) -> int | None:
+        """The process id of the running sender process once it is ready (``transport="process"``); None
+        before that, after it stopped, and with the thread transport."""
+        with self._cond:
+            return self._sender_ready_pid if self._mode == "process" and self._sender is not None else None
 
     @property
     def spool_path(self) -> Path:
@@ -717,10 +844,12 @@ class MonitorClient:
                 self._spool.path / "rejected",
             )
 
-    def _resolved(self) -> None:
+    def _resolved(self, step: int) -> None:
         with self._cond:
             self._unresolved -= 1
             self._cond.notify_all()
+        if self._on_resolved is not None:
+            self._on_resolved(step)
 
     def _run(self) -> None:
         try:
@@ -770,8 +899,8 @@ class MonitorClient:
                     self._note_failure(exc)
                     if not exc.retryable:
                         self._reject(in_hand.step, in_hand.body, str(exc))
-                        in_hand, attempts = None, 0
-                        self._resolved()
+                        step, in_hand, attempts = in_hand.step, None, 0
+                        self._resolved(step)
                     elif attempts < self._policy.max_retries:
                         attempts += 1
                         with self._cond:
@@ -779,14 +908,14 @@ class MonitorClient:
                         next_attempt = time.monotonic() + self._policy.delay(attempts, exc.retry_after)
                     else:
                         self._spool_built(in_hand)
-                        in_hand, offline = None, True
+                        step, in_hand, offline = in_hand.step, None, True
                         next_attempt = time.monotonic() + self._policy.delay(attempts, exc.retry_after)
-                        self._resolved()
+                        self._resolved(step)
                 else:
                     with self._cond:
                         self._sent += 1
-                    in_hand, attempts, offline = None, 0, False
-                    self._resolved()
+                    step, in_hand, attempts, offline = in_hand.step, None, 0, False
+                    self._resolved(step)
                 continue
             # Queued steps first: a step the caller spooled on overflow is newer than everything queued.
             if in_hand is None and backlog is not None and not queued and now >= next_attempt:
@@ -811,7 +940,7 @@ class MonitorClient:
                     self._dropped += 1
                     self._last_error = f"step {item.step}: {type(exc).__name__}: {exc}"
                 log.error("step %d DROPPED: could not embed the responses into a payload: %s", item.step, exc)
-                self._resolved()
+                self._resolved(item.step)
                 continue
             if self._latent_dim is None:
                 self._latent_dim = built.latent_dim
@@ -819,7 +948,7 @@ class MonitorClient:
                 behind = bool(self._backlog)
             if built.problem is not None or behind:
                 self._spool_built(built)  # keep the order: behind the steps not delivered yet
-                self._resolved()
+                self._resolved(built.step)
             else:
                 in_hand, attempts, next_attempt = built, 0, time.monotonic()
         if self._sink is not None:
@@ -829,11 +958,12 @@ class MonitorClient:
         with self._cond:
             if not self._queue and not self._closing and timeout > 0:
                 self._cond.wait(min(timeout, 1.0))
-            if not self._queue:
-                return None
-            item = self._queue.popleft()
-            self._queued_bytes -= item.nbytes
-            return item
+            while self._queue:
+                item = self._queue.popleft()
+                self._queued_bytes -= item.nbytes
+                if isinstance(item, _Item):  # an _Adopt marker: that step is in the spool and in _backlog
+                    return item
+            return None
 
     def _drain_one(self, step: int, attempts: int, offline: bool, flush_gen: int) -> tuple[int, bool, float]:
         """Send the oldest spooled step; returns (attempts, offline, next_attempt)."""
@@ -873,20 +1003,22 @@ class MonitorClient:
         """Closing: everything still in memory goes to the spool, in order."""
         if in_hand is not None:
             self._spool_built(in_hand)
-            self._resolved()
+            self._resolved(in_hand.step)
         while True:
             with self._cond:
                 if not self._queue:
                     return
                 item = self._queue.popleft()
                 self._queued_bytes -= item.nbytes
+            if isinstance(item, _Adopt):  # already in the spool (and in _backlog)
+                continue
             try:
                 self._spool_built(self._build(item))
             except Exception as exc:
                 with self._cond:
                     self._dropped += 1
                 log.error("step %d DROPPED at close: %s", item.step, exc)
-            self._resolved()
+            self._resolved(item.step)
 
     def _poll_alerts(self, offline: bool) -> None:
         if self.run_id is None or offline or self._sink is None:
@@ -905,3 +1037,294 @@ class MonitorClient:
                 )
         with self._cond:
             self._alerts = alerts
+
+    # ================================================================== the process transport (monitor.sender)
+    def _forward(self) -> None:
+        """The background thread of the process transport: embeds, then hands each step to the sender."""
+        try:
+            self._forward_loop()
+        except BaseException as exc:  # a bug must not lose steps: go on with the thread transport
+            log.exception("the fpmon client's forwarding thread failed")
+            self._fallback_to_thread(f"the forwarding thread failed ({type(exc).__name__}: {exc})")
+        finally:
+            with self._cond:
+                self._cond.notify_all()
+
+    def _forward_loop(self) -> None:
+        from .sender import SenderDied
+
+        sent_gen = 0  # the newest flush generation handed to the sender
+        # Start the sender now (its imports take a second or two of CPU; better before training than during
+        # its first steps) — except on the non-main ranks of a distributed run, which never ship, and start
+        # one only if they do. Steps left in the spool by an earlier process are drained at once.
+        if self._backlog or os.environ.get("RANK", "0") == "0":
+            try:
+                self._ensure_sender()
+            except SenderDied:
+                pass  # its reader reports the end of the pipe: the loop starts another
+            except _StartFailed as exc:
+                self._fallback_to_thread(str(exc))
+                return
+        while True:
+            with self._cond:
+                while not (self._queue or self._closing or self._sender_lost or self._flush_gen > sent_gen):
+                    self._cond.wait(1.0)
+                lost, self._sender_lost = self._sender_lost, False
+                entry: _Item | _Adopt | None = None
+                if not lost and self._queue:
+                    entry = self._queue.popleft()
+                    self._queued_bytes -= entry.nbytes
+                    if isinstance(entry, _Adopt):
+                        self._adopt_queued.discard(entry.step)
+                gen = self._flush_gen
+                closing = self._closing and entry is None and not lost and not self._queue
+            if lost:
+                if not self._restart_sender():
+                    self._fallback_to_thread(
+                        f"the sender process died {self._sender_restarts} times "
+                        f"(ClientConfig.max_sender_restarts={self.config.max_sender_restarts})"
+                    )
+                    return
+                with self._cond:
+                    sent_gen = min(sent_gen, self._flushed_gen)  # ask the new sender again
+                continue
+            try:
+                if isinstance(entry, _Adopt):
+                    self._ensure_sender().send(("adopt", entry.step))
+                elif entry is not None:
+                    self._forward_step(entry)
+                elif gen > sent_gen:
+                    sent_gen = gen
+                    if self._sender is None:  # nothing was ever handed over: nothing to wait for
+                        with self._cond:
+                            self._flushed_gen = max(self._flushed_gen, gen)
+                            self._cond.notify_all()
+                    else:
+                        self._sender.send(("flush", gen, self._flush_timeout))
+                elif closing:
+                    self._close_sender()
+                    return
+            except SenderDied:
+                # Its reader sees the end of the pipe and sets _sender_lost; the step is in _pending.
+                with self._cond:
+                    if not self._sender_lost:
+                        self._cond.wait(1.0)
+            except _StartFailed as exc:
+                self._fallback_to_thread(str(exc))
+                return
+            except BaseException:  # a bug: the thread transport takes over (see _forward), with this step
+                if isinstance(entry, _Item):
+                    with self._cond:
+                        if entry.step not in self._pending:
+                            self._queue.appendleft(entry)
+                            self._queued_bytes += entry.nbytes
+                raise
+
+    def _forward_step(self, item: _Item) -> None:
+        if item.latents is None:
+            try:
+                z = self._embed(item)
+            except Exception as exc:  # the embedder failed (or returned garbage): nothing to send or to write
+                with self._cond:
+                    self._dropped += 1
+                    self._last_error = f"step {item.step}: {type(exc).__name__}: {exc}"
+                log.error("step %d DROPPED: could not embed the responses into a payload: %s", item.step, exc)
+                self._resolved(item.step)
+                return
+            item = replace(item, latents=z, embedder=None, nbytes=item.nbytes + z.numel() * z.element_size())
+        assert item.latents is not None
+        d = int(item.latents.shape[1])
+        if self._latent_dim is None:
+            self._latent_dim = d
+        elif d != self._latent_dim:  # the embedder changed its dimension: keep the step, refuse it locally
+            self._spool_built(self._build(item))
+            self._resolved(item.step)
+            return
+        try:
+            sender = self._ensure_sender()  # a new sender gets the pending steps with its settings
+        except _StartFailed:  # the thread transport takes over, with this step
+            with self._cond:
+                self._pending[item.step] = item
+                self._pending_bytes += item.nbytes
+            raise
+        with self._cond:
+            self._pending[item.step] = item
+            self._pending_bytes += item.nbytes
+        sender.send(("step", _item_to_wire(item)))
+
+    def _sender_init(self) -> dict[str, Any]:
+        """A new sender's settings, with the steps it must finish (in order) and the spooled steps it must
+        drain: everything in the spool but the overflow steps it will be told about in queue order."""
+        with self._cond:
+            backlog = sorted(set(self._spool.steps()) - self._adopt_queued)
+            steps = [_item_to_wire(item) for item in self._pending.values()]
+        return {
+            "url": self.url,
+            "token": self._token,
+            "run_name": self.run_name,
+            "monitor_config": self.monitor_config,
+            "config": replace(self.config, spool_dir=self.config.spool_dir.absolute()),
+            "log_level": logging.getLogger("fpmon").getEffectiveLevel(),
+            "backlog": backlog,
+            "steps": steps,
+        }
+
+    def _ensure_sender(self) -> Any:
+        """The running sender, started on first use (ranks that never ship start none)."""
+        from .sender import SenderDied, SenderProcess
+
+        if self._sender is None:
+            sender = SenderProcess(self._sender_init(), lambda m: self._on_sender_message(sender, m))
+            with self._cond:
+                self._sender, self._sender_closed = sender, False
+            try:
+                sender.start()
+            except SenderDied as exc:
+                if sender.proc is None:  # not even started: no process here can send
+                    with self._cond:
+                        self._sender = None
+                    raise _StartFailed(str(exc)) from exc
+                raise
+        return self._sender
+
+    def _restart_sender(self) -> bool:
+        """The sender died: start another and hand it every step the dead one had not resolved."""
+        from .sender import SenderDied
+
+        old = self._sender
+        with self._cond:
+            for name, value in self._child_stats.items():
+                if name in ("sent", "spooled", "retried", "dropped", "rejected", "dropped_rows"):
+                    self._base_stats[name] = self._base_stats.get(name, 0) + int(value)
+            self._child_stats = {}
+            self._sender = None
+            pending = list(self._pending.values())
+        self._sender_restarts += 1
+        code = old.proc.returncode if old is not None and old.proc is not None else None
+        if self._sender_restarts > self.config.max_sender_restarts:
+            return False
+        log.warning(
+            "the fpmon sender process exited (code %s); starting another and handing it the %d steps it had "
+            "not finished",
+            code,
+            len(pending),
+        )
+        try:
+            self._ensure_sender()  # its settings carry the pending steps
+        except SenderDied:
+            pass  # died again: its reader says so, and the loop comes back here
+        except _StartFailed:
+            return False
+        return True
+
+    def _close_sender(self) -> None:
+        """Closing: the sender closes its client (what it cannot send goes to the spool) and exits; steps it
+        never resolved (it was killed, or hung) are spooled here."""
+        from .sender import SenderDied
+
+        sender = self._sender
+        if sender is not None:
+            with self._cond:
+                self._sender_closing = True
+            with contextlib.suppress(SenderDied):
+                sender.send(("close",))
+            deadline = time.monotonic() + self.config.timeout_s + 15.0
+            with self._cond:
+                while not self._sender_closed and time.monotonic() < deadline:
+                    self._cond.wait(0.5)
+                closed = self._sender_closed
+            if not closed:
+                log.error("the fpmon sender process did not close in time; spooling its steps here")
+                sender.kill()
+            sender.close_input()
+            sender.join(15.0)
+        with self._cond:
+            leftovers = list(self._pending.values())
+            self._pending.clear()
+            self._pending_bytes = 0
+        for item in leftovers:
+            try:
+                self._spool_built(self._build(item))
+            except Exception as exc:
+                self._count_dropped(f"step {item.step}: {exc}")
+                log.error("step %d DROPPED at close: %s", item.step, exc)
+            self._resolved(item.step)
+
+    def _on_sender_message(self, sender: Any, message: tuple[Any, ...]) -> None:
+        """Messages of the sender process, on its reader thread."""
+        kind = message[0]
+        if kind == "log":
+            logging.getLogger(str(message[2])).log(int(message[1]), "%s", message[3])
+            return
+        with self._cond:
+            if sender is not self._sender:
+                return
+            if kind == "report":
+                _, acks, stats, run_id, alerts = message
+                for step in acks:
+                    item = self._pending.pop(step, None)
+                    if item is not None:
+                        self._pending_bytes -= item.nbytes
+                        self._unresolved -= 1
+                error = stats.get("last_error")
+                if error and error != self._child_stats.get("last_error"):
+                    self._last_error = error
+                self._child_stats = stats
+                if run_id is not None:
+                    self.run_id = int(run_id)
+                if alerts is not None:
+                    self._alerts = alerts
+            elif kind == "flushed":
+                self._flushed_gen = max(self._flushed_gen, int(message[1]))
+            elif kind == "ready":
+                self._sender_ready_pid = int(message[1])
+            elif kind == "closed":
+                self._sender_closed = True
+                self._sender_ready_pid = None
+            elif kind == "eof":
+                self._sender_closed = True
+                self._sender_ready_pid = None
+                if not self._sender_closing:
+                    self._sender_lost = True
+            self._cond.notify_all()
+
+    def _fallback_to_thread(self, reason: str) -> None:
+        """Go on with the thread transport in this thread: the steps the sender held are queued again."""
+        log.error("fpmon: %s; sending from a background thread of the training process from now on", reason)
+        sender = self._sender
+        if sender is not None:
+            sender.kill()
+            sender.join(10.0)
+        with self._cond:
+            self._mode = "thread"
+            for name, value in self._child_stats.items():
+                if name in ("sent", "spooled", "retried", "dropped", "rejected", "dropped_rows"):
+                    self._base_stats[name] = self._base_stats.get(name, 0) + int(value)
+            self._child_stats = {}
+            self._sender = None
+            for item in reversed(self._pending.values()):
+                self._queue.appendleft(item)
+                self._queued_bytes += item.nbytes
+            self._pending.clear()
+            self._pending_bytes = 0
+            self._backlog = set(self._spool.steps())  # what the sender spooled, and the overflow
+            self._cond.notify_all()
+        self._run()
+
+
+class _StartFailed(Exception):
+    """The sender process could not be started at all."""
+
+
+def _item_to_wire(item: _Item) -> dict[str, Any]:
+    from .sender import tensor_to_wire
+
+    return {
+        "step": item.step,
+        "latents": tensor_to_wire(item.latents),
+        "rewards": tensor_to_wire(item.rewards),
+        "texts": item.texts,
+        "prompts": item.prompts,
+        "sample_ids": item.sample_ids,
+        "lr": item.lr,
+    }

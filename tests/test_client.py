@@ -4,6 +4,7 @@ and PostgreSQL, input validation on the calling thread, and the spool's building
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 import zlib
@@ -53,6 +54,7 @@ def test_in_process_mode_same_storage_same_results(tmp_path: Path) -> None:
         assert client.flush(120)
         stats = client.stats
         assert (stats.sent, stats.spooled, stats.dropped, stats.rejected, stats.queued_steps) == (30, 0, 0, 0, 0)
+        assert client.sender_pid not in (None, os.getpid())  # the observables were computed in the sender
         deadline = time.monotonic() + 10
         while not client.alerts() and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -4,7 +4,11 @@ SIGKILLed and restarted mid-run, 5xx/429 retried, 4xx rejected, and the queue's 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +24,7 @@ from typer.testing import CliRunner
 import storage
 from monitor import ClientConfig, MonitorClient
 from monitor.cli import app
+from monitor.sender import SenderProcess
 from monitor.spool import RunInfo, RunSpool
 from monitor.stepfile import StepPayload, decode_step
 
@@ -242,10 +247,13 @@ def test_sidecar_killed_and_restarted_mid_run_loses_no_step(tmp_path: Path) -> N
 
 
 # ---------------------------------------------------------------------------------------------- (c) (d) (e)
-def test_5xx_and_429_are_retried_with_backoff(tmp_path: Path, fake: FakeSidecar) -> None:
-    """503, 429 and 500 answers are retried (not spooled) and the steps arrive once each, in order."""
+@pytest.mark.parametrize("transport", ["process", "thread"])
+def test_5xx_and_429_are_retried_with_backoff(tmp_path: Path, fake: FakeSidecar, transport: str) -> None:
+    """503, 429 and 500 answers are retried (not spooled) and the steps arrive once each, in order (with the
+    sender process and with the thread transport)."""
     fake.failures = [503, 429, 500]
-    with MonitorClient(fake.url, run_name="flaky", config=fast(tmp_path, max_retries=5)) as client:
+    config = fast(tmp_path, max_retries=5, transport=transport)
+    with MonitorClient(fake.url, run_name="flaky", config=config) as client:
         for p in payloads(10, seed=7):
             observe(client, p)
         assert client.flush(30)
@@ -281,11 +289,15 @@ def test_4xx_goes_to_rejected_with_the_message_and_is_not_retried(tmp_path: Path
     assert RunSpool(tmp_path / "spool", "badtoken").rejected() == [0, 1, 2]
 
 
-def test_full_queue_spools_overflow_without_blocking_and_delivers_in_order(tmp_path: Path, fake: FakeSidecar) -> None:
-    """With a queue bound smaller than one step, every step that finds the queue occupied goes straight to
-    the spool from the calling thread; all 30 arrive later, once each and in step order."""
+@pytest.mark.parametrize("transport", ["process", "thread"])
+def test_full_queue_spools_overflow_without_blocking_and_delivers_in_order(
+    tmp_path: Path, fake: FakeSidecar, transport: str
+) -> None:
+    """With a queue bound smaller than one step, every step that finds the queue occupied (with the process
+    transport: or still held for the sender) goes straight to the spool from the calling thread; all 30
+    arrive later, once each and in step order."""
     fake.delay_s = 0.03
-    config = fast(tmp_path, max_queue_bytes=1)
+    config = fast(tmp_path, max_queue_bytes=1, transport=transport)
     with MonitorClient(fake.url, run_name="overflow", config=config) as client:
         held = [observe(client, p) for p in payloads(30, seed=10)]
         assert client.stats.spooled > 0  # overflowed while the sender was busy
@@ -353,3 +365,139 @@ def test_unwritable_spool_counts_dropped_with_an_error_log(tmp_path: Path, caplo
     assert sum("DROPPED" in r.getMessage() for r in caplog.records) == 3
     with pytest.raises(ValueError, match="http"):
         MonitorClient("ftp://example.org", run_name="x", config=config)
+
+
+# ---------------------------------------------------------------------------------------------- the sender process
+def test_sender_process_killed_mid_run_loses_no_step(tmp_path: Path, fake: FakeSidecar) -> None:
+    """The process transport: the sender is SIGKILLed after some steps were sent; the client starts another,
+    hands it every step the dead one had not finished, and all 30 arrive once each, in order."""
+    fake.delay_s = 0.01
+    client = MonitorClient(fake.url, run_name="sender killed", config=fast(tmp_path))
+    assert client.config.transport == "process"
+    steps = payloads(30, seed=14)
+    try:
+        for p in steps[:12]:
+            observe(client, p)
+        deadline = time.monotonic() + 60
+        while client.stats.sent < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        first = client.sender_pid
+        assert first is not None and first != os.getpid() and client.stats.sent >= 5
+        os.kill(first, signal.SIGKILL)  # mid-run: steps are in its queue and in flight
+        for p in steps[12:]:
+            observe(client, p)
+        assert client.flush(60)
+        stats = client.stats
+        assert client.sender_pid not in (None, first)  # a new sender took over
+    finally:
+        client.close(timeout=10)
+    assert fake.accepted == list(range(30))  # duplicates of re-sent steps are answered 200, not re-added
+    assert stats.sent >= 30 and (stats.dropped, stats.rejected, stats.queued_steps, stats.spool_backlog) == (0, 0, 0, 0)
+
+
+def test_training_process_killed_the_sender_still_delivers(tmp_path: Path, fake: FakeSidecar) -> None:
+    """The training process is SIGKILLed (no close, no atexit) while its sender still holds most of the 10
+    steps it was handed: the sender sees the pipe close and delivers every one of them before exiting. (Steps
+    still in the training process's own memory die with it, as with any in-memory queue.)"""
+    fake.delay_s = 0.1
+    script = f"""
+import os, signal, sys, time
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from api_helpers import step_payload
+from monitor import ClientConfig, MonitorClient
+from monitor.stepfile import decode_step
+client = MonitorClient({fake.url!r}, run_name="orphan", config=ClientConfig(spool_dir={str(tmp_path / "spool")!r}))
+steps = [decode_step(step_payload(s, seed=15)) for s in range(10)]
+client.observe(0, steps[0].texts, steps[0].rewards, latents=steps[0].latents)
+while client.stats.sent < 1:  # the sender is up and reading its pipe
+    time.sleep(0.01)
+for p in steps[1:]:
+    client.observe(p.step, p.texts, p.rewards, latents=p.latents)
+while client._queue:  # handed to the sender (the pipe and its memory)
+    time.sleep(0.01)
+time.sleep(0.05)
+print("sent before the kill:", client.stats.sent, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], timeout=120, capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    sent_before = int(proc.stdout.split("sent before the kill:")[1])
+    assert sent_before < 8  # most steps were still with the sender when the training process died
+    deadline = time.monotonic() + 60
+    while fake.accepted != list(range(10)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert fake.accepted == list(range(10)), proc.stderr[-2000:]
+    assert RunSpool(tmp_path / "spool", "orphan").steps() == []
+
+
+@pytest.mark.parametrize(
+    "command", [("/nonexistent/python",), (sys.executable, "-c", "import sys; sys.exit(3)")], ids=["absent", "crashes"]
+)
+def test_a_sender_that_cannot_run_falls_back_to_the_thread_transport(
+    tmp_path: Path, fake: FakeSidecar, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, command: tuple
+) -> None:
+    """A sender that cannot start, or dies at once every time (max_sender_restarts=2): after the restarts
+    the client says so in an error log and sends from its own thread — every step still arrives, in order."""
+    monkeypatch.setattr(SenderProcess, "command", command)
+    client = MonitorClient(fake.url, run_name="fallback", config=fast(tmp_path, max_sender_restarts=2))
+    with caplog.at_level("WARNING", logger="fpmon.client"), client:
+        for p in payloads(8, seed=16):
+            observe(client, p)
+        assert client.flush(60)
+        stats = client.stats
+    assert fake.accepted == list(range(8)) and (stats.sent, stats.dropped, stats.queued_steps) == (8, 0, 0)
+    assert client.sender_pid is None and client._mode == "thread"
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("from a background thread of the training process" in m for m in messages), messages
+    if command[0] != "/nonexistent/python":
+        assert sum("starting another" in m for m in messages) == 2 and "3 times" in " ".join(messages)
+
+
+def test_sender_runs_niced_on_the_cpus_it_was_given(tmp_path: Path, fake: FakeSidecar) -> None:
+    """The sender process yields the CPU to training (niceness +10 by default) and keeps to sender_cpus."""
+    cpu = max(os.sched_getaffinity(0))
+    config = fast(tmp_path, sender_cpus={cpu})
+    with MonitorClient(fake.url, run_name="niced", config=config) as client:
+        deadline = time.monotonic() + 60
+        while client.sender_pid is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        pid = client.sender_pid
+        assert pid is not None and pid != os.getpid()
+        assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
+        assert os.sched_getaffinity(pid) == {cpu}
+        observe(client, payloads(1, seed=17)[0])
+        assert client.flush(30)
+    assert fake.accepted == [0] and client.sender_pid is None  # closed with the client
+    with pytest.raises(ValueError, match="transport"):
+        ClientConfig(transport="carrier pigeon")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="sender_nice"):
+        ClientConfig(sender_nice=25)
+    with pytest.raises(ValueError, match="sender_cpus"):
+        ClientConfig(sender_cpus=frozenset())
+
+
+def test_a_bug_in_the_forwarding_thread_loses_no_step(
+    tmp_path: Path, fake: FakeSidecar, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected exception while handing step 3 to the sender: the error is logged with its traceback,
+    the thread transport takes over with that step, and all 8 steps arrive once each, in order."""
+    import monitor.client as client_module
+
+    real = client_module._item_to_wire
+
+    def flaky(item: object) -> dict:
+        if getattr(item, "step", None) == 3:
+            raise RuntimeError("simulated bug while encoding for the sender")
+        return real(item)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(client_module, "_item_to_wire", flaky)
+    with (
+        caplog.at_level("ERROR", logger="fpmon.client"),
+        MonitorClient(fake.url, run_name="bug", config=fast(tmp_path)) as client,
+    ):
+        for p in payloads(8, seed=18):
+            observe(client, p)
+        assert client.flush(60)
+        stats = client.stats
+    assert fake.accepted == list(range(8)) and (stats.dropped, stats.queued_steps) == (0, 0)
+    assert any("simulated bug" in r.getMessage() for r in caplog.records)
