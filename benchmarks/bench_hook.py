@@ -72,7 +72,8 @@ DOWN_CONST = "on, sidecar down, no embedding"
 UP_CONST = "on, sidecar up, no embedding"
 UP_CONST_THREAD = "on, sidecar up, no embedding, thread transport"
 DOWN_CONST_THREAD = "on, sidecar down, no embedding, thread transport"
-MODES = (OFF, UP, DOWN, UP_CONST, DOWN_CONST, UP_CONST_THREAD, DOWN_CONST_THREAD, UP_EMBED)
+SIDECAR_LOAD = "control: hook off, the sidecar busy with the same steps"
+MODES = (OFF, UP, DOWN, UP_CONST, DOWN_CONST, UP_CONST_THREAD, DOWN_CONST_THREAD, UP_EMBED, SIDECAR_LOAD)
 #: --modes keys
 MODE_KEYS = {
     "off": OFF,
@@ -83,6 +84,7 @@ MODE_KEYS = {
     "up-thread": UP_CONST_THREAD,
     "down-thread": DOWN_CONST_THREAD,
     "up-embed": UP_EMBED,
+    "sidecar-load": SIDECAR_LOAD,
 }
 DOWN_MODES = (DOWN, DOWN_CONST, DOWN_CONST_THREAD)
 CONST_MODES = (UP_CONST, DOWN_CONST, UP_CONST_THREAD, DOWN_CONST_THREAD)
@@ -152,13 +154,81 @@ class Server:
             self.proc.kill()
 
 
+NEIGHBOUR = """
+import http.client, json, sys, torch
+from monitor.stepfile import StepPayload, encode_step
+host, port, name, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+gen = torch.Generator().manual_seed(1)
+z = torch.randn(4096, 64, generator=torch.Generator().manual_seed(0))[:n].half()  # ConstantLatents' rows
+texts = [f"answer {i}: " + "word " * 12 for i in range(n)]
+conn = http.client.HTTPConnection(host, port, timeout=30)
+conn.request("POST", "/v1/runs", body=json.dumps({"name": name, "latent_dim": 64, "config": {}}),
+             headers={"Content-Type": "application/json"})
+run_id = json.loads(conn.getresponse().read())["run_id"]
+print("ready", flush=True)
+for line in sys.stdin:
+    step = int(line)
+    body = encode_step(StepPayload(step, z, torch.randn(n, generator=gen), texts=texts))
+    conn.request("POST", f"/v1/runs/{run_id}/steps", body=body, headers={"Content-Type": "application/octet-stream"})
+    resp = conn.getresponse()
+    assert resp.status == 202, resp.read()
+    resp.read()
+"""
+
+
+class SidecarLoad(TrainerCallback):
+    """The control mode: no hook; at the end of every step of an 'on' block a separate process (on the sidecar's
+    CPUs when pinned) posts a step of the same shape, with the latents of ``ConstantLatents``, to the sidecar.
+    It measures what the sidecar's work (and the posting) costs the training step from the neighbouring cores
+    alone — in a deployment the sidecar runs elsewhere."""
+
+    enabled = True
+
+    def __init__(self, server_url: str, name: str, n: int, cpus: set[int] | None) -> None:
+        host, port = server_url.removeprefix("http://").rsplit(":", 1)
+        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", NEIGHBOUR, host, port, name, str(n)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=pin,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.enabled and self.proc.stdin is not None:
+            self.proc.stdin.write(f"{int(state.global_step)}\n")
+            self.proc.stdin.flush()
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        self.proc.wait(60)
+
+
+class BlockSwitch(TrainerCallback):
+    """``--design blocks``: the hook is off for ``block`` steps, on for the next ``block``, and so on (decided at
+    each step's start, so the reward wrappers and ``on_step_end`` of one step agree)."""
+
+    def __init__(self, hook: TimedHook | SidecarLoad, block: int) -> None:
+        self.hook = hook
+        self.block = block
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.hook.enabled = (int(state.global_step) // self.block) % 2 == 1
+
+
 class StepTimer(TrainerCallback):
     """Per training step, between consecutive ``on_step_end`` events (the first from ``on_train_begin``): wall
     time, CPU time of the training thread (``time.thread_time``: the hook's own work there, insensitive to other
     processes' load) and CPU time of the whole process (``time.process_time``: also the client's background
     thread). Registered after the hook, so the hook's ``on_step_end`` is inside the interval."""
 
-    def __init__(self) -> None:
+    def __init__(self, hook: TimedHook | SidecarLoad | None = None) -> None:
+        self.hook = hook
+        self.enabled: list[bool] = []  # whether the hook was on during each step
         self.last = (0.0, 0.0, 0.0)
         self.wall: list[float] = []
         self.thread: list[float] = []
@@ -173,6 +243,7 @@ class StepTimer(TrainerCallback):
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         now = self._now()
+        self.enabled.append(self.hook is not None and self.hook.enabled)
         self.wall.append(now[0] - self.last[0])
         self.thread.append(now[1] - self.last[1])
         self.process.append(now[2] - self.last[2])
@@ -185,6 +256,7 @@ class TimedHook(FPEMonitorCallback):
 
     wall_seconds = 0.0
     cpu_seconds = 0.0
+    enabled = True  # False: the step passes as if there were no hook (--design blocks)
 
     def _timed(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         w0, c0 = time.perf_counter(), time.thread_time()
@@ -195,10 +267,12 @@ class TimedHook(FPEMonitorCallback):
             self.cpu_seconds += time.thread_time() - c0
 
     def on_step_end(self, *args: Any, **kwargs: Any) -> None:
-        self._timed(super().on_step_end, *args, **kwargs)
+        if self.enabled:
+            self._timed(super().on_step_end, *args, **kwargs)
 
     def _record(self, *args: Any, **kwargs: Any) -> None:  # called by the reward wrappers
-        self._timed(super()._record, *args, **kwargs)
+        if self.enabled:
+            self._timed(super()._record, *args, **kwargs)
 
 
 def one_run(
@@ -212,13 +286,23 @@ def one_run(
     tmp: Path,
     sender_cpus: set[int] | None = None,
     warmup: int = 1,
+    block: int | None = None,
+    fixed_length: bool = True,
 ) -> dict[str, Any]:
     timer = StepTimer()
     model = copy.deepcopy(policy)
     client: MonitorClient | None = None
     hook: TimedHook | None = None
+    load: SidecarLoad | None = None
     if mode == OFF:
         trainer = build_grpo_trainer(cfg, callbacks=[timer], model=model, tokenizer=tok, output_dir=tmp / "out")
+    elif mode == SIDECAR_LOAD:
+        load = SidecarLoad(server_url, f"bench-load-{repeat}", cfg.completions_per_step, sender_cpus)
+        timer.hook = load
+        switch = [BlockSwitch(load, block)] if block else []
+        trainer = build_grpo_trainer(
+            cfg, callbacks=[*switch, load, timer], model=model, tokenizer=tok, output_dir=tmp / "out"
+        )
     else:
         url = down_url if mode in DOWN_MODES else server_url
         name = f"bench-{MODES.index(mode)}-{repeat}"
@@ -232,9 +316,11 @@ def one_run(
         sender_cpu_start = sender_cpu_seconds(client)
         embedder: Any = None if mode == UP_EMBED else ConstantLatents() if mode in CONST_MODES else BagOfWords(tok)
         hook = TimedHook(client, embedder=embedder)
+        timer.hook = hook
+        switch = [BlockSwitch(hook, block)] if block else []
         trainer = build_grpo_trainer(
             cfg,
-            callbacks=[hook, timer],
+            callbacks=[*switch, hook, timer],
             reward_wrapper=lambda fs: wrap_reward_funcs(fs, hook),
             model=model,
             tokenizer=tok,
@@ -242,6 +328,9 @@ def one_run(
         )
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
+    if fixed_length:  # every completion max_completion_length tokens: the same work in every step
+        trainer.generation_config.min_new_tokens = cfg.max_completion_length
+        trainer.generation_kwargs["min_new_tokens"] = cfg.max_completion_length
     torch.manual_seed(cfg.seed)
     trainer.train()
     out: dict[str, Any] = {
@@ -250,7 +339,25 @@ def one_run(
         "wall": timer.wall[warmup:],
         "thread": timer.thread[warmup:],
         "process": timer.process[warmup:],
+        "enabled": timer.enabled[warmup:],
+        "all_wall": timer.wall,
+        "all_enabled": timer.enabled,
     }
+    if load is not None:
+        load.close()
+        n_on = max(1, sum(timer.enabled))
+        out.update(
+            flush_s=0.0,
+            embed_s_per_step=0.0,
+            hook_wall_s_per_step=0.0,
+            hook_cpu_s_per_step=0.0,
+            sender_cpu_s_per_step=0.0,
+            sender_start_s=0.0,
+            sent=n_on,
+            spooled=0,
+            alerts=0,
+            hook_errors={},
+        )
     if client is not None and hook is not None:
         t0 = time.perf_counter()
         client.flush(60)
@@ -259,12 +366,13 @@ def one_run(
         out.update(
             flush_s=time.perf_counter() - t0,
             embed_s_per_step=stats.embed_seconds / max(1, hook.stats.steps_shipped),
-            hook_wall_s_per_step=hook.wall_seconds / max(1, len(timer.wall)),
-            hook_cpu_s_per_step=hook.cpu_seconds / max(1, len(timer.wall)),
-            sender_cpu_s_per_step=sender_cpu / max(1, len(timer.wall)),
+            hook_wall_s_per_step=hook.wall_seconds / max(1, sum(timer.enabled)),
+            hook_cpu_s_per_step=hook.cpu_seconds / max(1, sum(timer.enabled)),
+            sender_cpu_s_per_step=sender_cpu / max(1, sum(timer.enabled)),
             sender_start_s=sender_start_s,
             sent=stats.sent,
             spooled=stats.spooled,
+            alerts=len(client.alerts()),
             hook_errors=dict(hook.stats.errors),
         )
         client.close(5)
@@ -324,11 +432,32 @@ def main(argv: list[str] | None = None) -> int:
         default=",".join(MODE_KEYS),
         help=f"comma-separated modes to run (off is always run): {', '.join(MODE_KEYS)}",
     )
+    parser.add_argument(
+        "--design",
+        choices=("runs", "blocks"),
+        default="runs",
+        help="runs: one run per mode and repeat, compared with the 'off' runs; blocks: in every run the hook is "
+        "off and on in alternating blocks of --block steps, compared within the run (no drift between runs)",
+    )
+    parser.add_argument("--block", type=int, default=4, help="--design blocks: steps per block")
+    parser.add_argument(
+        "--block-skip", type=int, default=1, help="--design blocks: first steps of each block not compared"
+    )
+    parser.add_argument(
+        "--variable-length",
+        action="store_true",
+        help="let completions end at EOS (default: every completion has max_completion_length tokens, so every "
+        "step does the same work)",
+    )
     args = parser.parse_args(argv)
+    if args.design == "blocks" and not 0 <= args.block_skip < args.block:
+        parser.error("--block-skip must be ≥ 0 and < --block")
     unknown = set(args.modes.split(",")) - set(MODE_KEYS)
     if unknown:
         parser.error(f"unknown --modes {sorted(unknown)}; choose from {', '.join(MODE_KEYS)}")
     modes = tuple(m for m in MODES if m == OFF or m in {MODE_KEYS[k] for k in args.modes.split(",")})
+    if args.design == "blocks":
+        modes = tuple(m for m in modes if m != OFF)  # every run has its own off blocks
     if args.steps < args.warmup + 2 or args.repeats < 1 or args.warmup < 0:
         parser.error("--steps must be ≥ --warmup + 2, --repeats ≥ 1, --warmup ≥ 0")
     torch.set_num_threads(args.threads)
@@ -358,12 +487,31 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.repeats):
                 order = modes[r % len(modes) :] + modes[: r % len(modes)]
                 for mode in order:
-                    res = one_run(mode, r, cfg, policy, tok, server.url, down_url, tmp, sidecar_cpus, args.warmup)
+                    block = args.block if args.design == "blocks" else None
+                    res = one_run(
+                        mode,
+                        r,
+                        cfg,
+                        policy,
+                        tok,
+                        server.url,
+                        down_url,
+                        tmp,
+                        sidecar_cpus,
+                        args.warmup,
+                        block,
+                        not args.variable_length,
+                    )
                     med = statistics.median(res["wall"])
                     print(f"repeat {r} {mode:34s} median step {1000 * med:7.1f} ms", flush=True)
                     results.append(res)
         finally:
             server.stop()
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1))
+    if args.design == "blocks":
+        print_blocks_table(results, modes, args, cfg)
+        return 0
 
     def pooled(mode: str, key: str) -> list[float]:
         return [x for res in results if res["mode"] == mode for x in res[key]]
@@ -422,9 +570,71 @@ def main(argv: list[str] | None = None) -> int:
                 f"final flush {res['flush_s']:.2f} s, sender ready {res['sender_start_s']:.2f} s after the client "
                 f"was created, hook errors {res['hook_errors'] or 'none'}"
             )
-    if args.json is not None:
-        args.json.write_text(json.dumps(results, indent=1))
     return 0
+
+
+def block_ratios(res: dict[str, Any], block: int, skip: int, warmup: int) -> list[float]:
+    """Per on-block of one run: mean step time of the block / mean of the off blocks before and after it (the
+    neighbours cancel a linear drift of the machine's speed). The first ``skip`` steps of each block and the
+    first ``warmup`` steps of the run are left out (the previous block's background work spills into them)."""
+    blocks: dict[int, list[float]] = {}
+    for k, wall in enumerate(res["all_wall"]):
+        if k >= warmup and k % block >= skip:
+            blocks.setdefault(k // block, []).append(wall)
+    ratios = []
+    for b, walls in blocks.items():
+        if b % 2 == 1 and b - 1 in blocks and b + 1 in blocks:
+            off = statistics.mean(blocks[b - 1] + blocks[b + 1])
+            ratios.append(statistics.mean(walls) / off)
+    return ratios
+
+
+def print_blocks_table(results: list[dict[str, Any]], modes: tuple[str, ...], args: Any, cfg: ToyRunConfig) -> None:
+    rng = random.Random(0)
+    load = os.getloadavg()
+    print()
+    print(
+        f"torch {torch.__version__}, {args.threads} torch thread(s), {os.cpu_count()} CPU cores, load average now "
+        f"{load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}; design blocks: {args.repeats} runs × {args.steps} steps "
+        f"per mode, hook off/on in blocks of {args.block} (first {args.block_skip} of each block and "
+        f"{args.warmup} warm-up steps not compared); {cfg.completions_per_step} completions per step, "
+        f"{'variable' if args.variable_length else 'fixed'} length"
+    )
+    print()
+    print(
+        "| mode | off steps, ms (median) | on steps, ms (median) | overhead, mean of block ratios [95 % CI] | "
+        "blocks | hook on the training thread, ms/step | embedding ms/step (background) | "
+        "sender process CPU ms/step |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for m in modes:
+        runs = [res for res in results if res["mode"] == m]
+        ratios = [x for res in runs for x in block_ratios(res, args.block, args.block_skip, args.warmup)]
+        on = [w for res in runs for w, e in zip(res["wall"], res["enabled"], strict=True) if e]
+        off = [w for res in runs for w, e in zip(res["wall"], res["enabled"], strict=True) if not e]
+        boot = sorted(statistics.mean(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
+        mean = statistics.mean(ratios) - 1
+        hook_wall = 1000 * statistics.mean(res["hook_wall_s_per_step"] for res in runs)
+        hook_cpu = 1000 * statistics.mean(res["hook_cpu_s_per_step"] for res in runs)
+        embed = 1000 * statistics.mean(res["embed_s_per_step"] for res in runs)
+        sender_ms = 1000 * statistics.mean(res["sender_cpu_s_per_step"] for res in runs)
+        sender = "— (thread)" if m in THREAD_MODES else f"{sender_ms:.1f}"
+        hook_ms, embed_ms = f"{hook_cpu:.2f} CPU, {hook_wall:.2f} wall", f"{embed:.1f}"
+        if m == SIDECAR_LOAD:
+            hook_ms = embed_ms = sender = "— (no hook)"
+        print(
+            f"| {m} | {1000 * statistics.median(off):.1f} | {1000 * statistics.median(on):.1f} | "
+            f"{100 * mean:+.1f} % [{100 * (boot[50] - 1):+.1f}, {100 * (boot[1949] - 1):+.1f}] | {len(ratios)} | "
+            f"{hook_ms} | {embed_ms} | {sender} |"
+        )
+    print()
+    for res in results:
+        print(
+            f"repeat {res['repeat']} {res['mode']}: sent {res['sent']}, spooled {res['spooled']}, alerts "
+            f"{res.get('alerts', 0)}, final flush "
+            f"{res['flush_s']:.2f} s, sender ready {res['sender_start_s']:.2f} s after the client was created, "
+            f"hook errors {res['hook_errors'] or 'none'}"
+        )
 
 
 if __name__ == "__main__":

@@ -153,6 +153,8 @@ class ClientConfig:
             raise ValueError(f"ClientConfig.sender_nice must be between 0 and 19, got {self.sender_nice}")
         if self.sender_cpus is not None:
             self.sender_cpus = frozenset(int(c) for c in self.sender_cpus)
+            if not hasattr(os, "sched_setaffinity"):
+                raise ValueError("ClientConfig.sender_cpus needs os.sched_setaffinity (Linux); leave it None")
             if not self.sender_cpus or min(self.sender_cpus) < 0:
                 raise ValueError(f"ClientConfig.sender_cpus must be a non-empty set of CPUs, got {self.sender_cpus}")
         if self.max_sender_restarts < 0:

@@ -18,8 +18,9 @@ over again (the server is idempotent on a step's content), so a killed sender lo
 
 Protocol: length-prefixed pickles (8-byte little-endian length, then ``pickle`` protocol 5) over two
 private pipes. Parent → child: ``("init", dict)``, ``("step", dict)``, ``("adopt", step)`` (a step the
-parent spooled itself), ``("flush", gen, timeout)``, ``("close",)``. Child → parent: ``("ready", pid)``, ``("report",
-acks, stats, run_id, alerts)``, ``("flushed", gen, ok)``, ``("log", level, name, message)``, ``("closed",)``.
+parent spooled itself), ``("flush", gen, timeout)``, ``("close",)``. Child → parent: ``("ready", pid)``,
+``("report", acks, stats, run_id, alerts)``, ``("flushed", gen, ok)``, ``("log", level, name, message)``,
+``("closed",)``.
 When the parent goes away (its end of the pipe closes), or on SIGTERM, the child closes its client — the
 steps it holds go to the server or to the spool — and exits. SIGINT (Ctrl-C in the terminal, which reaches
 the whole process group) is ignored by the child: the parent's own shutdown closes it.
