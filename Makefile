@@ -49,8 +49,9 @@ bench: $(STAMP)
 bench-sidecar: $(STAMP)
 	$(BIN)/python benchmarks/bench_sidecar.py
 
+# docs/performance.md "Hook overhead": the hook off/on in alternating blocks, the sidecar (and the sender) on their own CPU (≈ 10 min)
 bench-hook: $(STAMP)
-	$(BIN)/python benchmarks/bench_hook.py
+	$(BIN)/python benchmarks/bench_hook.py --pin
 
 # docs/validation.md §1: record 5 seeds × {hackable, control} GRPO runs, then evaluate every detector (≈ 20 min)
 bench-detection: $(STAMP)

@@ -2,8 +2,8 @@
 
 Run::
 
-    python benchmarks/bench_hook.py [--steps 25] [--warmup 1] [--repeats 3] [--threads 1] [--pin]
-                                    [--modes off,up,down,...] [--json PATH]
+    python benchmarks/bench_hook.py [--pin] [--design blocks|runs] [--steps 122] [--block 4] [--warmup 2]
+                                    [--repeats 4] [--threads 1] [--modes up,down,...] [--json PATH]
 
 The run is ``monitor.toy``'s GRPO task (a tiny Llama, 64 completions of ≤ 16 tokens per step, CPU); the policy is
 warmed up once and deep-copied for every run, so all runs start from the same weights with the same seed. Modes:
@@ -414,9 +414,9 @@ def quartiles(xs: list[float]) -> tuple[float, float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=25, help="training steps per run (--warmup dropped)")
-    parser.add_argument("--warmup", type=int, default=1, help="first steps of each run not timed")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per mode, interleaved")
+    parser.add_argument("--steps", type=int, default=122, help="training steps per run (--warmup dropped)")
+    parser.add_argument("--warmup", type=int, default=2, help="first steps of each run not timed")
+    parser.add_argument("--repeats", type=int, default=4, help="runs per mode, interleaved")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (intra-op)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=None, help="write the raw step times here")
@@ -435,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--design",
         choices=("runs", "blocks"),
-        default="runs",
+        default="blocks",
         help="runs: one run per mode and repeat, compared with the 'off' runs; blocks: in every run the hook is "
         "off and on in alternating blocks of --block steps, compared within the run (no drift between runs)",
     )

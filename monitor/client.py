@@ -846,6 +846,14 @@ class MonitorClient:
                 self._spool.path / "rejected",
             )
 
+    def _drop_unembeddable(self, item: _Item, exc: Exception) -> None:
+        """The embedder failed on this step (or returned garbage): count it as dropped, with an error log."""
+        with self._cond:
+            self._dropped += 1
+            self._last_error = f"step {item.step}: {type(exc).__name__}: {exc}"
+        log.error("step %d DROPPED: could not embed the responses into a payload: %s", item.step, exc)
+        self._resolved(item.step)
+
     def _resolved(self, step: int) -> None:
         with self._cond:
             self._unresolved -= 1
@@ -938,11 +946,7 @@ class MonitorClient:
             try:
                 built = self._build(item)
             except Exception as exc:  # the embedder failed (or returned garbage): nothing to send or to write
-                with self._cond:
-                    self._dropped += 1
-                    self._last_error = f"step {item.step}: {type(exc).__name__}: {exc}"
-                log.error("step %d DROPPED: could not embed the responses into a payload: %s", item.step, exc)
-                self._resolved(item.step)
+                self._drop_unembeddable(item, exc)
                 continue
             if self._latent_dim is None:
                 self._latent_dim = built.latent_dim
@@ -1127,11 +1131,7 @@ class MonitorClient:
             try:
                 z = self._embed(item)
             except Exception as exc:  # the embedder failed (or returned garbage): nothing to send or to write
-                with self._cond:
-                    self._dropped += 1
-                    self._last_error = f"step {item.step}: {type(exc).__name__}: {exc}"
-                log.error("step %d DROPPED: could not embed the responses into a payload: %s", item.step, exc)
-                self._resolved(item.step)
+                self._drop_unembeddable(item, exc)
                 return
             item = replace(item, latents=z, embedder=None, nbytes=item.nbytes + z.numel() * z.element_size())
         assert item.latents is not None
@@ -1189,16 +1189,20 @@ class MonitorClient:
                 raise
         return self._sender
 
+    def _fold_sender_stats(self) -> None:
+        """The sender is gone: keep its counters (under ``_cond``)."""
+        for name, value in self._child_stats.items():
+            if name in ("sent", "spooled", "retried", "dropped", "rejected", "dropped_rows"):
+                self._base_stats[name] = self._base_stats.get(name, 0) + int(value)
+        self._child_stats = {}
+
     def _restart_sender(self) -> bool:
         """The sender died: start another and hand it every step the dead one had not resolved."""
         from .sender import SenderDied
 
         old = self._sender
         with self._cond:
-            for name, value in self._child_stats.items():
-                if name in ("sent", "spooled", "retried", "dropped", "rejected", "dropped_rows"):
-                    self._base_stats[name] = self._base_stats.get(name, 0) + int(value)
-            self._child_stats = {}
+            self._fold_sender_stats()
             self._sender = None
             pending = list(self._pending.values())
         self._sender_restarts += 1
@@ -1299,10 +1303,7 @@ class MonitorClient:
             sender.join(10.0)
         with self._cond:
             self._mode = "thread"
-            for name, value in self._child_stats.items():
-                if name in ("sent", "spooled", "retried", "dropped", "rejected", "dropped_rows"):
-                    self._base_stats[name] = self._base_stats.get(name, 0) + int(value)
-            self._child_stats = {}
+            self._fold_sender_stats()
             self._sender = None
             for item in reversed(self._pending.values()):
                 self._queue.appendleft(item)
