@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -57,6 +57,13 @@ def observe(client: MonitorClient, p: StepPayload) -> float:
     started = time.perf_counter()
     client.observe(p.step, p.texts, p.rewards, latents=p.latents, sample_ids=p.sample_ids, lr=p.lr)
     return time.perf_counter() - started
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float) -> None:
+    """Poll ``condition`` every 10 ms until it holds or ``timeout_s`` passed (the caller asserts afterwards)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def step_rows(database_url: str, run_name: str) -> list[tuple[int, str]]:
@@ -214,9 +221,7 @@ def test_sidecar_killed_and_restarted_mid_run_loses_no_step(tmp_path: Path) -> N
     try:
         for p in steps[:12]:
             observe(client, p)
-        deadline = time.monotonic() + 30
-        while client.stats.sent < 10 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: client.stats.sent >= 10, 30)
         server.kill()  # mid-run: steps may be in flight, queued or half processed
         for p in steps[12:26]:
             observe(client, p)
@@ -232,9 +237,7 @@ def test_sidecar_killed_and_restarted_mid_run_loses_no_step(tmp_path: Path) -> N
             assert (run["steps_received"], run["steps_processed"]) == (40, 40)
             rows = http.get(f"/v1/runs/{run['run_id']}/metrics").json()["rows"]
         assert step_rows(db, "killed") == [(s, "done") for s in range(40)]
-        deadline = time.monotonic() + 10  # the alerts, polled by the background thread over HTTP
-        while not client.alerts() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: bool(client.alerts()), 10)  # the alerts, polled by the background thread over HTTP
         assert client.alerts() and 28 <= min(a["step"] for a in client.alerts()) <= 31
         expected = reference_scalars([step_payload(s, seed=6, onset=28) for s in range(40)])
         for row in rows:
@@ -378,9 +381,7 @@ def test_sender_process_killed_mid_run_loses_no_step(tmp_path: Path, fake: FakeS
     try:
         for p in steps[:12]:
             observe(client, p)
-        deadline = time.monotonic() + 60
-        while client.stats.sent < 5 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: client.stats.sent >= 5, 60)
         first = client.sender_pid
         assert first is not None and first != os.getpid() and client.stats.sent >= 5
         os.kill(first, signal.SIGKILL)  # mid-run: steps are in its queue and in flight
@@ -423,9 +424,7 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     sent_before = int(proc.stdout.split("sent before the kill:")[1])
     assert sent_before < 8  # most steps were still with the sender when the training process died
-    deadline = time.monotonic() + 60
-    while fake.accepted != list(range(10)) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: fake.accepted == list(range(10)), 60)
     assert fake.accepted == list(range(10)), proc.stderr[-2000:]
     assert RunSpool(tmp_path / "spool", "orphan").steps() == []
 
@@ -458,9 +457,7 @@ def test_sender_runs_niced_on_the_cpus_it_was_given(tmp_path: Path, fake: FakeSi
     cpu = max(os.sched_getaffinity(0))
     config = fast(tmp_path, sender_cpus={cpu})
     with MonitorClient(fake.url, run_name="niced", config=config) as client:
-        deadline = time.monotonic() + 60
-        while client.sender_pid is None and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_for(lambda: client.sender_pid is not None, 60)
         pid = client.sender_pid
         assert pid is not None and pid != os.getpid()
         assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 10)
