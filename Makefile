@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest bench bench-sidecar bench-hook bench-detection validate clean
+.PHONY: install browser postgres demo test lint typecheck pytest bench bench-sidecar bench-hook bench-detection validate clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV_FLAGS) $(VENV)
@@ -31,15 +31,42 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/fpmon demo
 
+# ruff, then the import contracts of docs/architecture.md ([tool.importlinter] in pyproject.toml)
 lint: $(STAMP)
 	$(BIN)/ruff check monitor api storage tests benchmarks
 	$(BIN)/ruff format --check monitor api storage tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# The review page is tested in a real headless browser (Debian's chromium, driven by Playwright): install
+# it where we can (root with apt-get); elsewhere say how. FPMON_SKIP_BROWSER=1 skips that test instead.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || [ "$$FPMON_SKIP_BROWSER" = 1 ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser test"; \
+	    apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q && apt-get install -y -q chromium; }; \
+	else \
+	    echo "the browser test needs Debian's chromium: run 'sudo apt-get install chromium' (or set FPMON_SKIP_BROWSER=1)" >&2; \
+	    exit 1; \
+	fi
+
+# The storage and sidecar tests need the PostgreSQL on 127.0.0.1:5432 (trust auth, database test): start the
+# machine's cluster if it is installed but down. If it still does not answer, those tests FAIL, on purpose
+# (FPMON_SKIP_POSTGRES=1 skips them; FPMON_TEST_POSTGRES_URL points them at another server).
+postgres:
+	@if [ "$$FPMON_SKIP_POSTGRES" != 1 ] && [ -z "$$FPMON_TEST_POSTGRES_URL" ] && command -v pg_isready >/dev/null 2>&1 \
+	    && ! pg_isready -q -h 127.0.0.1 -p 5432; then \
+	    echo "PostgreSQL is not answering on 127.0.0.1:5432; trying to start it" >&2; \
+	    pg_ctlcluster --skip-systemctl-redirect "$$(ls /etc/postgresql 2>/dev/null | head -n 1)" main start 2>&1 || true; \
+	    for _ in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; \
+	fi
+
+# pytest-xdist: one worker per CPU (PYTEST_WORKERS=0 runs in one process); PYTEST_ARGS for anything else
+PYTEST_WORKERS ?= auto
+pytest: $(STAMP) browser postgres
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

@@ -1,4 +1,5 @@
-"""Request dependencies: the app's services, database sessions and bearer-token authentication."""
+"""Request dependencies shared by the routes: the app's services, database sessions, bearer-token
+authentication, the path parameters naming a run, step or alert, and the lookups that 404 on unknown ids."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
+import storage
+
 from .metrics import Metrics
+from .schemas import MAX_DB_INT
 from .settings import Settings
 
 
@@ -83,3 +87,25 @@ SessionDep = Annotated[Session, Depends(get_session)]
 ServicesDep = Annotated[Services, Depends(get_services)]
 ReadAuth = Depends(require_read)
 WriteAuth = Depends(require_write)
+
+
+RunId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="The run's id")]
+AlertId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="The alert's id")]
+StepNo = Annotated[int, Path(ge=0, le=MAX_DB_INT, description="Training step")]
+StepBound = Annotated[int | None, Query(ge=0, le=MAX_DB_INT)]
+
+
+def get_run_or_404(session: Session, run_id: int) -> storage.Run:
+    """The run with this id; 404 when there is none."""
+    run = storage.get_run(session, run_id)
+    if run is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} does not exist; create it with POST /v1/runs")
+    return run
+
+
+def get_alert_or_404(session: Session, alert_id: int) -> storage.Alert:
+    """The alert with this id; 404 when there is none."""
+    alert = storage.get_alert(session, alert_id)
+    if alert is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"alert {alert_id} does not exist")
+    return alert

@@ -8,13 +8,14 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from monitor.processing import StepProcessor, resolve_device
 from storage import check_schema, make_engine, session_factory
 
 from .deps import Services
 from .metrics import Metrics
 from .routes import alerts, health, review, runs, steps
 from .settings import Settings
-from .worker import StepProcessor, WorkerProcess, WorkerThread, resolve_device
+from .worker import WorkerProcess, WorkerThread
 
 log = logging.getLogger("fpmon.api")
 

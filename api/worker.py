@@ -1,164 +1,27 @@
-"""The compute worker: claims pending steps from the database, runs RLHFMonitor, writes the results.
+"""The sidecar's compute workers: threads or processes that keep running ``StepProcessor.process_one``.
 
-This is the one place where HTTP-free math (``monitor``) and SQL (``storage``) meet. The run's monitor
-state is read from the database before each step and written back in the same transaction as the step's
-results, so a worker (or a whole replica) can die at any moment and another one continues the run from
-the last completed step, with identical observables.
+What a worker does with a step (claim, restore the run's monitor, observe, write the results in one
+transaction) is ``monitor.processing.StepProcessor``; this module only runs it: a :class:`WorkerThread`
+inside the server process, or a :class:`WorkerProcess` (its own interpreter, no GIL shared with the HTTP
+server) that dies with its parent.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
-import math
 import multiprocessing
 import os
 import signal
 import threading
 import time
-import uuid
-from collections.abc import Callable
 from typing import Any
 
 import torch
-from sqlalchemy.orm import Session
 
-from monitor.rlhf import MonitorConfig, RLHFMonitor
-from monitor.stepfile import decode_step
-from storage import (
-    LostClaim,
-    Step,
-    claim_next_step,
-    complete_step,
-    decode_state,
-    encode_state,
-    fail_step,
-    get_run,
-    load_run_state,
-    purge_payloads,
-)
+from monitor.processing import StepProcessor, resolve_device
 
 log = logging.getLogger("fpmon.worker")
-
-#: with FPMON_RETENTION_STEPS set, each worker purges old raw payloads every this many processed steps
-PURGE_EVERY = 20
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("FPMON_DEVICE=cuda but torch sees no CUDA device; use auto or cpu")
-    return torch.device(device)
-
-
-def monitor_config_of(run_config: dict[str, Any]) -> MonitorConfig:
-    """The run's MonitorConfig: ``config["monitor"]`` (MonitorConfig.to_dict() form) or the defaults."""
-    data = run_config.get("monitor") if isinstance(run_config, dict) else None
-    return MonitorConfig.from_dict(data) if data else MonitorConfig()
-
-
-class StepProcessor:
-    """Processes one claimed step at a time (see the module docstring)."""
-
-    def __init__(
-        self,
-        sessions: Callable[[], Session],
-        device: torch.device,
-        claim_stale_s: float = 300.0,
-        retention_steps: int | None = None,
-        worker_id: str | None = None,
-    ) -> None:
-        self.sessions = sessions
-        self.device = device
-        self.claim_stale_s = claim_stale_s
-        self.retention_steps = retention_steps
-        self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
-        self.processed = 0
-
-    def process_one(self) -> bool:
-        """Claim and process one step; False when nothing was pending."""
-        with self.sessions() as session:
-            row = claim_next_step(session, self.worker_id, stale_after_s=self.claim_stale_s)
-            if row is None:
-                return False
-            started = time.perf_counter()
-            try:
-                self._process(session, row)
-            except LostClaim:
-                log.warning("step %s of run %s was reclaimed by another worker", row.step, row.run_id)
-                return True
-            except Exception as exc:  # a bad step must not kill the worker: record it and go on
-                log.exception("step %s of run %s failed", row.step, row.run_id)
-                session.rollback()
-                fail_step(session, row, f"{type(exc).__name__}: {exc}")
-                return True
-            log.debug("step %s of run %s in %.1f ms", row.step, row.run_id, 1e3 * (time.perf_counter() - started))
-            self.processed += 1
-            if self.retention_steps is not None and self.processed % PURGE_EVERY == 0:
-                purge_payloads(session, self.retention_steps)
-        return True
-
-    def _process(self, session: Session, row: Step) -> None:
-        run = get_run(session, row.run_id)
-        if run is None or row.payload is None:
-            raise RuntimeError("the step's run or payload is missing")
-        payload = decode_step(row.payload)
-        stored = load_run_state(session, run.id)
-        if stored is None:
-            monitor = RLHFMonitor(monitor_config_of(run.config))
-        else:
-            monitor = RLHFMonitor.from_state_dict(decode_state(stored.meta, stored.tensors), device=self.device)
-        report = monitor.observe(
-            payload.step,
-            payload.latents.to(self.device),
-            rewards=payload.rewards,
-            texts=payload.texts,
-            lr=payload.lr,
-            sample_ids=payload.sample_ids,
-        )
-        div = report.div.tolist()
-        rewards = payload.rewards.tolist() if payload.rewards is not None else None
-        xy = _map_coordinates(monitor, payload.latents.to(self.device))
-        samples = [
-            {
-                "index": i,
-                "div": div[i],
-                "sample_id": payload.sample_ids[i] if payload.sample_ids is not None else None,
-                "reward": rewards[i] if rewards is not None else None,
-                "text": payload.texts[i] if payload.texts is not None else None,
-                "x": xy[i][0],
-                "y": xy[i][1],
-                "prompt": payload.prompts[i] if payload.prompts is not None else None,
-            }
-            for i in range(len(div))
-        ]
-        meta, tensors = encode_state(monitor.state_dict())
-        alert = report.alert.to_dict() if report.alert is not None else None
-        complete_step(
-            session,
-            row,
-            report.scalars,
-            samples,
-            alert,
-            meta,
-            tensors,
-            D0=monitor.D0,
-            rescaled=report.recalibrated,
-            transition=report.detection.flagged if report.detection is not None else None,
-        )
-
-
-def _map_coordinates(monitor: RLHFMonitor, latents: torch.Tensor) -> list[tuple[float, float]]:
-    """The step's samples in the run's frozen projection, first two coordinates (whitened, dimensionless;
-    y = 0 when the projection has one component): the review page's 2-D map. Shape: n pairs."""
-    if monitor.projection is None:  # observe() always fits it; a monitor without one has nothing to map
-        return [(math.nan, math.nan)] * latents.shape[0]
-    x = monitor.projection.transform(latents).detach().to("cpu", torch.float64)
-    if x.shape[1] < 2:
-        x = torch.cat([x, torch.zeros(x.shape[0], 2 - x.shape[1], dtype=x.dtype)], dim=1)
-    return [(float(a), float(b)) for a, b in x[:, :2].tolist()]
 
 
 class WorkerThread(threading.Thread):

@@ -5,7 +5,7 @@ Run::
     python benchmarks/bench_hook.py [--pin] [--design blocks|runs] [--steps 122] [--block 4] [--warmup 2]
                                     [--repeats 4] [--threads 1] [--modes up,down,...] [--json PATH]
 
-The run is ``monitor.toy``'s GRPO task (a tiny Llama, 64 completions of ≤ 16 tokens per step, CPU); the policy is
+The run is ``monitor.demo.toy``'s GRPO task (a tiny Llama, 64 completions of ≤ 16 tokens per step, CPU); the policy is
 warmed up once and deep-copied for every run, so all runs start from the same weights with the same seed. Modes:
 
 - ``off``: no hook;
@@ -48,7 +48,6 @@ import json
 import logging
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -57,14 +56,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
-import storage
 from monitor.client import ClientConfig, MonitorClient
-from monitor.toy.grpo import ToyRunConfig, build_grpo_trainer, build_policy
+from monitor.demo.sidecar import SidecarProcess, free_port
+from monitor.demo.toy.grpo import ToyRunConfig, build_grpo_trainer, build_policy
 from monitor.trl import FPEMonitorCallback, wrap_reward_funcs
 
 OFF, UP, DOWN, UP_EMBED = "off", "on, sidecar up", "on, sidecar down", "on + policy embedder, sidecar up"
@@ -116,42 +114,6 @@ class BagOfWords:
         for i, row in enumerate(ids):
             out[i].index_add_(0, torch.tensor(row, dtype=torch.long), torch.ones(len(row)))
         return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """``fpmon serve`` in a child process on an ephemeral loopback port."""
-
-    def __init__(self, database_url: str, log: Path, cpus: set[int] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "monitor.cli", "serve", "--port", str(self.port), "--database-url", database_url]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-        self.proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, preexec_fn=pin)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("server did not become ready")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 NEIGHBOUR = """
@@ -270,9 +232,9 @@ class TimedHook(FPEMonitorCallback):
         if self.enabled:
             self._timed(super().on_step_end, *args, **kwargs)
 
-    def _record(self, *args: Any, **kwargs: Any) -> None:  # called by the reward wrappers
+    def record_batch(self, *args: Any, **kwargs: Any) -> None:  # called by the reward wrappers
         if self.enabled:
-            self._timed(super()._record, *args, **kwargs)
+            self._timed(super().record_batch, *args, **kwargs)
 
 
 def one_run(
@@ -381,8 +343,7 @@ def one_run(
 
 def sender_cpu_seconds(client: MonitorClient) -> float:
     """CPU time (user + system) the client's sender process has used so far; 0 without one."""
-    sender = getattr(client, "_sender", None)
-    pid = getattr(sender, "pid", None)
+    pid = client.sender_pid
     if pid is None:
         return 0.0
     try:
@@ -472,7 +433,6 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         db = f"sqlite:///{tmp / 'fpmon.db'}"
-        storage.upgrade(db)
         sidecar_cpus: set[int] | None = None
         if args.pin:
             cpus = sorted(os.sched_getaffinity(0))
@@ -481,7 +441,9 @@ def main(argv: list[str] | None = None) -> int:
             sidecar_cpus = {cpus[-1]}
             os.sched_setaffinity(0, set(cpus[:-1]))
             print(f"pinned: training and the hook on CPUs {cpus[:-1]}, the sidecar and the sender on CPU {cpus[-1]}")
-        server = Server(db, tmp / "server.log", cpus=sidecar_cpus)
+        # `fpmon serve` pinned like the sender; the schema is created by `fpmon db upgrade` at start
+        server = SidecarProcess(db, tmp / "server.log", extra_env={"OMP_NUM_THREADS": "1"}, cpus=sidecar_cpus)
+        server.start(timeout_s=120)
         down_url = f"http://127.0.0.1:{free_port()}"  # nobody listens there
         try:
             for r in range(args.repeats):

@@ -6,7 +6,7 @@ Run::
                                        [--backends sqlite,postgresql] [--postgres-url URL] [--json PATH]
 
 For each backend (SQLite file; PostgreSQL in a fresh schema, dropped afterwards), migrated with
-``storage.upgrade``, one server process (``fpmon serve``, one compute worker) is started and:
+``fpmon db upgrade``, one server process (``fpmon serve``, one compute worker) is started and:
 
 1. **one run**: a client streams ``--steps`` step payloads (n × d float32 latents, rewards, texts) one
    after the other. Accepted steps/s = steps / time to post them all; processed steps/s = steps / time
@@ -26,11 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -44,6 +40,7 @@ from rich.console import Console
 from rich.table import Table
 
 import storage
+from monitor.demo.sidecar import SidecarProcess
 from monitor.stepfile import StepPayload, encode_step
 
 DEFAULT_PG = os.environ.get("FPMON_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
@@ -61,42 +58,6 @@ def make_payloads(count: int, n: int, d: int, seed: int) -> list[bytes]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """``fpmon serve`` in a child process on an ephemeral loopback port."""
-
-    def __init__(self, database_url: str, log: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "monitor.cli", "serve", "--port", str(self.port), "--database-url", database_url]
-        env = {**os.environ, "FPMON_WORKER_POLL_S": "0.01"}
-        self.log = log
-        self.proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("server did not become ready")
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 def wait_processed(client: httpx.Client, run_id: int, count: int, timeout: float = 600) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -106,7 +67,7 @@ def wait_processed(client: httpx.Client, run_id: int, count: int, timeout: float
     raise RuntimeError(f"run {run_id}: not all {count} steps processed within {timeout} s")
 
 
-def one_run(server: Server, payloads: list[bytes]) -> dict[str, float]:
+def one_run(server: SidecarProcess, payloads: list[bytes]) -> dict[str, float]:
     headers = {"Content-Type": "application/octet-stream"}
     latencies = []
     with httpx.Client(base_url=server.url, timeout=30) as client:
@@ -129,7 +90,7 @@ def one_run(server: Server, payloads: list[bytes]) -> dict[str, float]:
 
 
 def many_runs(
-    server: Server, payloads: list[bytes], runs: int, database_url: str, n: int, earlier_samples: int
+    server: SidecarProcess, payloads: list[bytes], runs: int, database_url: str, n: int, earlier_samples: int
 ) -> dict[str, Any]:
     headers = {"Content-Type": "application/octet-stream"}
     ids: list[int] = []
@@ -224,8 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 url, schema = postgres_schema_url(args.postgres_url)
             try:
-                storage.upgrade(url)
-                server = Server(url, Path(tmp) / f"{backend}.log")
+                server = SidecarProcess(url, Path(tmp) / f"{backend}.log", extra_env={"FPMON_WORKER_POLL_S": "0.01"})
+                server.start(timeout_s=60)
                 try:
                     one = one_run(server, single)
                     many = many_runs(server, multi, args.runs, url, args.n, earlier_samples=len(single) * args.n)

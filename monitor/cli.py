@@ -1,26 +1,34 @@
-"""The ``fpmon`` command: ``demo`` (a run with a known transition) and ``analyze`` (saved step files)."""
+"""The library's ``fpmon`` commands: ``demo`` (a run with a known transition), ``analyze`` (saved step files) and
+``sync`` (replay a client's spool).
+
+The ``fpmon`` command itself is assembled in :mod:`api.cli` (these commands plus the server's: ``serve``, ``db``);
+this module never imports the server.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from tqdm.auto import tqdm
 
+#: ``fpmon --help``'s description.
+HELP = "Fokker–Planck monitoring of RLHF runs: find the steps where the policy's answers reorganised."
+
 app = typer.Typer(
     name="fpmon",
-    help="Fokker–Planck monitoring of RLHF runs: find the steps where the policy's answers reorganised.",
+    help=HELP,
     no_args_is_help=True,
     add_completion=False,
 )
 
 
 def _console() -> Console:
-    from .demo import wide_console
+    from .demo.particles import wide_console
 
     return wide_console()
 
@@ -63,8 +71,8 @@ def demo(
             console, steps or 100, 60 if transition is None else transition, n or 256, latent_dim or 256, seed
         )
         return
-    from .demo_grpo import GrpoDemoConfig, print_grpo_demo, run_grpo_demo
-    from .toy import ToyRunConfig
+    from .demo.grpo import GrpoDemoConfig, print_grpo_demo, run_grpo_demo
+    from .demo.toy import ToyRunConfig
 
     if embedder not in ("reference", "minilm"):
         raise typer.BadParameter(f"--embedder must be 'reference' or 'minilm', got {embedder!r}")
@@ -90,7 +98,7 @@ def demo(
 
 def _particle_demo(console: Console, steps: int, transition: int, n: int, latent_dim: int, seed: int) -> None:
     """Watch a particle-solver run with a known transition, as RLHFMonitor watches an RLHF run."""
-    from .demo import print_demo, run_demo
+    from .demo.particles import print_demo, run_demo
 
     if not 0 < transition < steps:
         raise typer.BadParameter(f"--transition must be between 1 and --steps - 1 = {steps - 1}")
@@ -111,7 +119,7 @@ def analyze(
     warmup: Annotated[int, typer.Option(help="Warm-up steps (no alert before).")] = 10,
 ) -> None:
     """Run RLHFMonitor over saved step files (in step order) and print the observables and alerts."""
-    from .demo import observables_table
+    from .demo.particles import observables_table
     from .rlhf import MonitorConfig, RLHFMonitor
 
     console = _console()
@@ -152,74 +160,6 @@ def analyze(
         console.print(f"wrote {json_out}")
 
 
-db_app = typer.Typer(help="Database schema management (Alembic migrations).", no_args_is_help=True)
-app.add_typer(db_app, name="db")
-
-
-def _database_url(url: str | None) -> str:
-    from api.settings import Settings
-
-    return url or Settings().database_url
-
-
-@db_app.command("upgrade")
-def db_upgrade(
-    database_url: Annotated[
-        str | None, typer.Option(help="SQLAlchemy URL (default: FPMON_DATABASE_URL or sqlite:///./fpmon.db)")
-    ] = None,
-) -> None:
-    """Apply the migrations up to the version this fpmon expects."""
-    from storage import upgrade
-
-    url = _database_url(database_url)
-    revision = upgrade(url)
-    _console().print(f"database {url} is at revision {revision}")
-
-
-@db_app.command("current")
-def db_current(database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL")] = None) -> None:
-    """Print the database's revision and the one this fpmon expects."""
-    from storage import current_revision, head_revision, make_engine
-
-    url = _database_url(database_url)
-    _console().print(f"database: {current_revision(make_engine(url))}; fpmon expects: {head_revision()}")
-
-
-@app.command()
-def serve(
-    host: Annotated[str | None, typer.Option(help="Address to bind (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default 8700).")] = None,
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL (default sqlite:///./fpmon.db).")] = None,
-    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Compute workers (processes by default).")] = None,
-) -> None:
-    """Run the sidecar (REST API + compute workers). Settings also come from FPMON_* variables."""
-    import uvicorn
-
-    from api.main import create_app
-    from api.settings import Settings
-    from storage import SchemaError
-
-    overrides: dict[str, Any] = {
-        key: value
-        for key, value in {
-            "host": host,
-            "port": port,
-            "database_url": database_url,
-            "device": device,
-            "workers": workers,
-        }.items()
-        if value is not None
-    }
-    settings = Settings(**overrides)
-    try:
-        application = create_app(settings)
-    except (SchemaError, ValueError) as exc:
-        _console().print(f"[bold red]fpmon serve: {exc}[/]")
-        raise typer.Exit(code=2) from exc
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")
-
-
 @app.command()
 def sync(
     spool_dir: Annotated[Path, typer.Argument(help="The client's spool directory (ClientConfig.spool_dir).")],
@@ -234,7 +174,7 @@ def sync(
     """
     from rich.table import Table
 
-    from .spool import sync_spool
+    from .client.replay import sync_spool
 
     if not spool_dir.is_dir():
         raise typer.BadParameter(f"{spool_dir} is not a directory")
@@ -256,11 +196,3 @@ def sync(
     console.print(table if results else f"nothing to replay in {spool_dir}" + (f" for run {run!r}" if run else ""))
     if any(r.rejected or r.error for r in results):
         raise typer.Exit(code=1)
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -21,6 +21,8 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 _LATENT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+#: largest step number a run can store (the database's 32-bit signed integer column)
+MAX_STEP = 2_147_483_647
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,32 @@ and by the compute worker (claim a pending step, write its results and the run's
 transaction). SQLite (the embedded default, WAL mode) and PostgreSQL (several replicas claiming steps with
 ``SELECT … FOR UPDATE SKIP LOCKED``) are both supported; the schema is managed by Alembic migrations shipped
 inside the package (``storage/migrations``).
+
+Modules (everything public is re-exported here; import from ``storage``):
+
+* :mod:`storage.db` — engines, sessions, schema migrations and checks.
+* :mod:`storage.models` — the SQLAlchemy models; :mod:`storage.types` — their portable column types.
+* :mod:`storage.runs` — create, list and look up runs.
+* :mod:`storage.steps` — the step lifecycle (ingest, claim, complete, fail), run state, retention; its
+  docstring holds the transaction rules and the step-processing order.
+* :mod:`storage.reads` — metrics history and a step's samples, for charts and review pages.
+* :mod:`storage.alerts` — alerts and their reviews.
+* :mod:`storage.errors` — the exceptions raised by the functions above.
+* :mod:`storage.state_codec` — the monitor state to and from (JSON meta, safetensors bytes).
+* :mod:`storage.sql` — internal: table handles and the SQLite/PostgreSQL differences.
 """
 
 from __future__ import annotations
 
+from .alerts import (
+    ALERT_STATUSES,
+    REVIEW_DECISIONS,
+    get_alert,
+    list_alerts,
+    list_reviews,
+    open_alert_counts,
+    review_alert,
+)
 from .db import (
     DEFAULT_DATABASE_URL,
     SchemaError,
@@ -19,42 +41,25 @@ from .db import (
     session_factory,
     upgrade,
 )
+from .errors import LostClaim, NotFound, StepConflict
 from .models import Alert, Base, Review, Run, RunState, Step, StepSample
-from .repository import (
-    ALERT_STATUSES,
-    REVIEW_DECISIONS,
+from .reads import first_processed_step, metrics, sample_count, sample_points, samples_at, step_samples
+from .runs import get_or_create_run, get_run, get_run_by_name, list_runs
+from .state_codec import decode_state, encode_state
+from .steps import (
     STEP_STATUSES,
-    LostClaim,
-    NotFound,
-    StepConflict,
     StoredState,
     claim_next_step,
     complete_step,
     counts,
     fail_step,
-    first_processed_step,
-    get_alert,
-    get_or_create_run,
-    get_run,
-    get_run_by_name,
     get_step,
     ingest_step,
-    list_alerts,
-    list_reviews,
-    list_runs,
     list_steps,
     load_run_state,
-    metrics,
-    open_alert_counts,
     purge_payloads,
-    review_alert,
-    sample_count,
-    sample_points,
-    samples_at,
-    step_samples,
     step_status_counts,
 )
-from .state_codec import decode_state, encode_state
 
 __all__ = [
     "ALERT_STATUSES",

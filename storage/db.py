@@ -1,8 +1,9 @@
 """Engines, sessions and schema management (Alembic, run programmatically from inside the package).
 
 * :func:`make_engine` — SQLite: WAL journal, foreign keys, a busy timeout, usable from several threads,
-  with transactions under fpmon's control (``BEGIN`` on demand, ``BEGIN IMMEDIATE`` for the repository's
-  writes, see :data:`SQLITE_IMMEDIATE`); PostgreSQL: ``pool_pre_ping``.
+  with transactions under fpmon's control (``BEGIN`` on demand, ``BEGIN IMMEDIATE`` for the storage
+  functions' writes, see :data:`SQLITE_IMMEDIATE` and :func:`storage.sql.begin_write`); PostgreSQL:
+  ``pool_pre_ping``.
 * :func:`upgrade` — apply the migrations in ``storage/migrations`` up to head (``fpmon db upgrade``).
 * :func:`check_schema` — refuse to serve on an un-migrated, older or newer schema (:class:`SchemaError`
   says what to run).

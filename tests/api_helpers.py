@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +9,7 @@ from pathlib import Path
 import httpx
 import torch
 
+from monitor.demo.sidecar import SidecarProcess
 from monitor.rlhf import RLHFMonitor
 from monitor.stepfile import StepPayload, encode_step
 
@@ -48,53 +44,17 @@ def reference_scalars(payloads: list[bytes], config: dict | None = None) -> dict
     return dict(monitor.history)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class ServerProcess:
-    """``fpmon serve`` as a real process on an ephemeral loopback port."""
+class ServerProcess(SidecarProcess):
+    """``fpmon serve`` as a real process on an ephemeral loopback port; ``env``: FPMON_* settings on top of the
+    tests' (a fast worker poll, one OpenMP thread). The test migrates the database itself (``storage.upgrade``)."""
 
     def __init__(self, database_url: str, log_path: Path, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.database_url = database_url
-        self.log_path = log_path
-        self.env = {**os.environ, "FPMON_WORKER_POLL_S": "0.02", "OMP_NUM_THREADS": "1", **env}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60.0) -> ServerProcess:
-        cmd = [sys.executable, "-m", "monitor.cli", "serve", "--port", str(self.port)]
-        cmd += ["--database-url", self.database_url]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the process owns it
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"server not ready after {timeout} s: {self.log_path.read_text()[-2000:]}")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown handler runs."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        super().__init__(
+            database_url,
+            log_path,
+            extra_env={"FPMON_WORKER_POLL_S": "0.02", "OMP_NUM_THREADS": "1", **env},
+            upgrade_schema=False,
+        )
 
 
 def wait_processed(client: httpx.Client, run_id: int, count: int, timeout: float = 120.0) -> dict:

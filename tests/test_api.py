@@ -14,7 +14,7 @@ from safetensors.torch import save as st_save
 import storage
 from api.main import create_app
 from api.settings import Settings
-from api.worker import StepProcessor
+from monitor.processing import StepProcessor
 from monitor.stepfile import StepPayload, encode_step
 
 WRITE, READ = "write-token", "read-token"

@@ -19,7 +19,7 @@ import storage
 from api.main import create_app
 from api.routes.review import spread
 from api.settings import Settings
-from api.worker import StepProcessor
+from monitor.processing import StepProcessor
 from monitor.rlhf import RLHFMonitor
 from monitor.stepfile import StepPayload, decode_step, encode_step
 from storage.types import utcnow

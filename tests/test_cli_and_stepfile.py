@@ -12,7 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from monitor.cli import app
-from monitor.demo import run_demo
+from monitor.demo.particles import run_demo
 from monitor.stepfile import StepPayload, decode_step, encode_step, load_step, save_step
 
 runner = CliRunner()
@@ -99,10 +99,10 @@ def test_fpmon_analyze_over_saved_step_files(tmp_path: Path) -> None:
 
 
 def test_console_script_is_installed() -> None:
-    """`fpmon --help` works through the installed entry point (python -m monitor.cli as fallback)."""
-    proc = subprocess.run([sys.executable, "-m", "monitor.cli", "--help"], capture_output=True, text=True, timeout=60)
+    """`fpmon --help` works through the composition root the entry point runs (`python -m api.cli`)."""
+    proc = subprocess.run([sys.executable, "-m", "api.cli", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
-    assert "demo" in proc.stdout and "analyze" in proc.stdout
+    assert all(command in proc.stdout for command in ("demo", "analyze", "sync", "serve", "db"))
 
 
 def test_payload_digest_ignores_the_encoding_order_but_not_the_content() -> None:

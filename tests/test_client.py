@@ -18,9 +18,10 @@ from api_helpers import ServerProcess, reference_scalars, step_payload, wait_pro
 import storage
 from monitor import ClientConfig, MonitorClient
 from monitor.client import monitor_config_diff
+from monitor.client.sinks import RetryPolicy
+from monitor.client.spool import RunInfo, RunSpool, sanitise_run_name
 from monitor.fpe import FPEConfig
 from monitor.rlhf import MonitorConfig
-from monitor.spool import RetryPolicy, RunInfo, RunSpool, sanitise_run_name
 from monitor.stepfile import StepPayload, decode_step
 
 torch.set_num_threads(1)

@@ -24,8 +24,8 @@ from typer.testing import CliRunner
 import storage
 from monitor import ClientConfig, MonitorClient
 from monitor.cli import app
-from monitor.sender import SenderProcess
-from monitor.spool import RunInfo, RunSpool
+from monitor.client.sender_process import SenderProcess
+from monitor.client.spool import RunInfo, RunSpool
 from monitor.stepfile import StepPayload, decode_step
 
 torch.set_num_threads(1)
@@ -414,7 +414,7 @@ while client.stats.sent < 1:  # the sender is up and reading its pipe
     time.sleep(0.01)
 for p in steps[1:]:
     client.observe(p.step, p.texts, p.rewards, latents=p.latents)
-while client._queue:  # handed to the sender (the pipe and its memory)
+while client.queue_length:  # handed to the sender (the pipe and its memory)
     time.sleep(0.01)
 time.sleep(0.05)
 print("sent before the kill:", client.stats.sent, flush=True)
@@ -445,7 +445,7 @@ def test_a_sender_that_cannot_run_falls_back_to_the_thread_transport(
         assert client.flush(60)
         stats = client.stats
     assert fake.accepted == list(range(8)) and (stats.sent, stats.dropped, stats.queued_steps) == (8, 0, 0)
-    assert client.sender_pid is None and client._mode == "thread"
+    assert client.sender_pid is None and client.transport == "thread"
     messages = [r.getMessage() for r in caplog.records]
     assert any("from a background thread of the training process" in m for m in messages), messages
     if command[0] != "/nonexistent/python":
@@ -478,16 +478,16 @@ def test_a_bug_in_the_forwarding_thread_loses_no_step(
 ) -> None:
     """An unexpected exception while handing step 3 to the sender: the error is logged with its traceback,
     the thread transport takes over with that step, and all 8 steps arrive once each, in order."""
-    import monitor.client as client_module
+    import monitor.client.sender as sender_module
 
-    real = client_module._item_to_wire
+    real = sender_module.item_to_wire
 
     def flaky(item: object) -> dict:
         if getattr(item, "step", None) == 3:
             raise RuntimeError("simulated bug while encoding for the sender")
         return real(item)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(client_module, "_item_to_wire", flaky)
+    monkeypatch.setattr(sender_module, "item_to_wire", flaky)
     with (
         caplog.at_level("ERROR", logger="fpmon.client"),
         MonitorClient(fake.url, run_name="bug", config=fast(tmp_path)) as client,

@@ -30,7 +30,7 @@ import storage
 from api.main import create_app
 from api.metrics import EXPORTED_OBSERVABLES
 from api.settings import Settings
-from api.worker import StepProcessor
+from monitor.processing import StepProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / "docker"

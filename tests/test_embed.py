@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
+from monitor.demo.toy.task import build_model, build_tokenizer
 from monitor.embed import Embedder, ModelEmbedder, SentenceTransformerEmbedder
-from monitor.toy.task import build_model, build_tokenizer
 
 torch.set_num_threads(1)
 

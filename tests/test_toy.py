@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from monitor.toy import (
+from monitor.demo.toy import (
     EXPLOIT_BONUS,
     ToyRunConfig,
     build_grpo_trainer,

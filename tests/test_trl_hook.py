@@ -38,6 +38,7 @@ from transformers import (
 
 import storage
 from monitor.trl import (
+    BatchRecorder,
     FPEMonitorCallback,
     ResetPolicy,
     apply_reset,
@@ -270,6 +271,39 @@ def test_reward_models_pass_through_unwrapped(caplog: pytest.LogCaptureFixture) 
         wrap_reward_funcs([42], cb)
     with pytest.raises(TypeError, match="FPEMonitorCallback"):
         wrap_reward_funcs([count_a], object())  # type: ignore[arg-type]
+
+
+def test_wrappers_talk_to_any_batch_recorder() -> None:
+    """The wrappers need only the BatchRecorder protocol (register, record, note errors), not the callback."""
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.funcs: list[Any] = []
+            self.records: list[tuple[Any, ...]] = []
+            self.errors: list[str] = []
+
+        def register_reward_func(self, func: Any) -> int:
+            self.funcs.append(func)
+            return len(self.funcs) - 1
+
+        def record_batch(self, slot: int, prompts: Any, completions: Any, rewards: Any, step: int | None) -> None:
+            if slot == 1:
+                raise RuntimeError("recorder is full")
+            self.records.append((slot, prompts, completions, rewards, step))
+
+        def note_error(self, kind: str, exc: BaseException) -> None:
+            self.errors.append(f"{kind}:{type(exc).__name__}")
+
+    rec = Recorder()
+    assert isinstance(rec, BatchRecorder) and isinstance(FPEMonitorCallback(None), BatchRecorder)
+    w0, w1 = wrap_reward_funcs([count_a, count_a], rec)
+    state = TrainerState()
+    state.global_step = 3
+    assert w0(prompts=["p"], completions=["a a"], trainer_state=state) == [2.0]
+    assert w1(["p"], ["a"]) == [1.0]  # the recorder's error is noted, not raised
+    assert rec.funcs == [count_a, count_a]
+    assert rec.records == [(0, ["p"], ["a a"], [2.0], 3)]
+    assert rec.errors == ["record:RuntimeError"]
 
 
 def test_step_end_ships_weighted_rewards_and_text_of_conversations() -> None:

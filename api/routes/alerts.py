@@ -4,41 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, HTTPException, Query, status
 
 import storage
-from storage import Alert
 
-from ..deps import ReadAuth, SessionDep, WriteAuth
-from ..schemas import MAX_DB_INT, AlertList, AlertOut, Problem, ReviewIn, ReviewOut
+from ..converters import alert_out
+from ..deps import AlertId, ReadAuth, SessionDep, WriteAuth, get_alert_or_404
+from ..schemas import MAX_DB_INT, AlertList, AlertOut, Problem, ReviewIn
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
-
-AlertId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="The alert's id")]
-
-
-def alert_out(session: SessionDep, alert: Alert, with_reviews: bool = False) -> AlertOut:
-    reviews = (
-        [
-            ReviewOut(decision=r.decision, reviewer=r.reviewer, note=r.note, created_at=r.created_at)
-            for r in storage.list_reviews(session, alert.id)
-        ]
-        if with_reviews
-        else []
-    )
-    return AlertOut(
-        alert_id=alert.id,
-        run_id=alert.run_id,
-        step=alert.step,
-        type=alert.type,
-        status=alert.status,
-        created_at=alert.created_at,
-        scalars=alert.scalars,
-        reasons=alert.reasons,
-        top_samples=alert.top_samples,
-        recommendation=alert.recommendation,
-        reviews=reviews,
-    )
 
 
 @router.get("", response_model=AlertList, dependencies=[ReadAuth])
@@ -55,16 +29,9 @@ def list_alerts(
     return AlertList(alerts=[alert_out(session, a) for a in alerts])
 
 
-def _get_or_404(session: SessionDep, alert_id: int) -> Alert:
-    alert = storage.get_alert(session, alert_id)
-    if alert is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"alert {alert_id} does not exist")
-    return alert
-
-
 @router.get("/{alert_id}", response_model=AlertOut, dependencies=[ReadAuth], responses={404: {"model": Problem}})
 def get_alert(alert_id: AlertId, session: SessionDep) -> AlertOut:
-    return alert_out(session, _get_or_404(session, alert_id), with_reviews=True)
+    return alert_out(session, get_alert_or_404(session, alert_id), with_reviews=True)
 
 
 @router.post(
@@ -72,7 +39,7 @@ def get_alert(alert_id: AlertId, session: SessionDep) -> AlertOut:
 )
 def review_alert(alert_id: AlertId, body: ReviewIn, session: SessionDep) -> AlertOut:
     """Record a reviewer's decision; the alert's status becomes the decision."""
-    _get_or_404(session, alert_id)
+    get_alert_or_404(session, alert_id)
     try:
         alert = storage.review_alert(session, alert_id, body.decision, body.reviewer.strip(), body.note)
     except storage.NotFound as exc:

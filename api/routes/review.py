@@ -14,11 +14,10 @@ from fastapi.staticfiles import StaticFiles
 
 import storage
 
-from ..deps import ReadAuth, SessionDep
+from ..converters import alert_out, sample_out
+from ..deps import AlertId, ReadAuth, SessionDep, get_alert_or_404
 from ..schemas import AlertContext, MapPoint, Problem, ReferencePoint
 from ..settings import Settings
-from .alerts import AlertId, _get_or_404, alert_out
-from .runs import sample_out
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
 
@@ -50,7 +49,7 @@ def alert_context(
     """The alert with its step's observables, the top-k samples by |δ| beside k typical samples of the same
     step (smallest |δ|) and k of the run's reference step (its first processed step), and the 2-D map
     (the run's projection) of both steps."""
-    alert = _get_or_404(session, alert_id)
+    alert = get_alert_or_404(session, alert_id)
     run_id, step = alert.run_id, alert.step
     row = storage.get_step(session, run_id, step)
     if row is None:  # the foreign key makes this unreachable unless the step was deleted by hand

@@ -2,69 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Response, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 
 import storage
-from storage import Run, StepSample
-from storage.types import utcnow
+from monitor.processing import monitor_config_of
 
-from ..deps import ReadAuth, ServicesDep, SessionDep, WriteAuth
-from ..schemas import MAX_DB_INT, MetricRow, MetricRows, Problem, RunCreate, RunList, RunOut, SampleList, SampleOut
-from ..worker import monitor_config_of
+from ..converters import runs_out, sample_out
+from ..deps import ReadAuth, RunId, ServicesDep, SessionDep, StepBound, StepNo, WriteAuth, get_run_or_404
+from ..schemas import MAX_DB_INT, MetricRow, MetricRows, Problem, RunCreate, RunList, RunOut, SampleList
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
-
-RunId = Annotated[int, Path(ge=1, le=MAX_DB_INT, description="The run's id")]
-StepNo = Annotated[int, Path(ge=0, le=MAX_DB_INT, description="Training step")]
-StepBound = Annotated[int | None, Query(ge=0, le=MAX_DB_INT)]
-
-
-def run_out(run: Run, open_alerts: int, live_window_s: float, now: datetime | None = None) -> RunOut:
-    """The run's API form; ``status`` is ``live`` when its last step arrived less than ``live_window_s`` ago."""
-    now = now or utcnow()
-    live = run.last_step_at is not None and (now - run.last_step_at).total_seconds() < live_window_s
-    return RunOut(
-        run_id=run.id,
-        name=run.name,
-        latent_dim=run.latent_dim,
-        config=run.config,
-        created_at=run.created_at,
-        D0=run.D0,
-        steps_received=run.steps_received,
-        steps_processed=run.steps_processed,
-        last_step_at=run.last_step_at,
-        open_alerts=open_alerts,
-        status="live" if live else "idle",
-    )
-
-
-def sample_out(sample: StepSample) -> SampleOut:
-    return SampleOut(
-        index=sample.index,
-        sample_id=sample.sample_id,
-        div=sample.div,
-        reward=sample.reward,
-        text=sample.text,
-        x=sample.x,
-        y=sample.y,
-        prompt=sample.prompt,
-    )
-
-
-def runs_out(session: SessionDep, services: ServicesDep, runs: list[Run]) -> list[RunOut]:
-    counts = storage.open_alert_counts(session, [r.id for r in runs])
-    window = services.settings.live_window_s
-    return [run_out(r, counts[r.id], window) for r in runs]
-
-
-def get_run_or_404(session: SessionDep, run_id: int) -> Run:
-    run = storage.get_run(session, run_id)
-    if run is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} does not exist; create it with POST /v1/runs")
-    return run
 
 
 @router.post(
@@ -95,7 +44,7 @@ def create_run(body: RunCreate, session: SessionDep, services: ServicesDep, resp
                 f"run {body.name!r} exists with latent_dim {run.latent_dim}, not {body.latent_dim}; use another name",
             )
         response.status_code = status.HTTP_200_OK
-    return runs_out(session, services, [run])[0]
+    return runs_out(session, [run], services.settings.live_window_s)[0]
 
 
 @router.get("", response_model=RunList, dependencies=[ReadAuth])
@@ -106,12 +55,14 @@ def list_runs(
     offset: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0,
 ) -> RunList:
     """Runs by id, each with its open alerts and live/idle status."""
-    return RunList(runs=runs_out(session, services, storage.list_runs(session, limit=limit, offset=offset)))
+    return RunList(
+        runs=runs_out(session, storage.list_runs(session, limit=limit, offset=offset), services.settings.live_window_s)
+    )
 
 
 @router.get("/{run_id}", response_model=RunOut, dependencies=[ReadAuth], responses={404: {"model": Problem}})
 def get_run(run_id: RunId, session: SessionDep, services: ServicesDep) -> RunOut:
-    return runs_out(session, services, [get_run_or_404(session, run_id)])[0]
+    return runs_out(session, [get_run_or_404(session, run_id)], services.settings.live_window_s)[0]
 
 
 @router.get(

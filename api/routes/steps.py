@@ -1,18 +1,16 @@
-"""Step ingest: one safetensors payload per training step, validated, stored, queued for the worker."""
+"""Step ingest: one safetensors payload per training step, validated and stored by
+``monitor.processing.ingest_step`` (the checks the in-process client applies too), queued for the worker."""
 
 from __future__ import annotations
 
 import time
 
-import torch
 from fastapi import APIRouter, HTTPException, Request, Response, status
 
-import storage
-from monitor.stepfile import decode_step, payload_digest
+from monitor import processing
 
-from ..deps import ServicesDep, SessionDep, WriteAuth
-from ..schemas import MAX_DB_INT, Problem, StepAccepted
-from .runs import RunId, get_run_or_404
+from ..deps import RunId, ServicesDep, SessionDep, WriteAuth
+from ..schemas import Problem, StepAccepted
 
 router = APIRouter(prefix="/v1/runs", tags=["steps"])
 
@@ -71,36 +69,13 @@ async def ingest_step(
             f"send the step as Content-Type: application/octet-stream (a safetensors file), not {content_type!r}",
         )
     body = await read_body_limited(request, settings.max_body_bytes)
-    run = get_run_or_404(session, run_id)
     try:
-        payload = decode_step(body)
-    except ValueError as exc:
-        metrics.rejected.labels(reason="payload").inc()
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
-    n, d = payload.latents.shape
-    problems = []
-    if not 0 <= payload.step <= MAX_DB_INT:
-        problems.append(f"step must be between 0 and {MAX_DB_INT}, got {payload.step}")
-    if d != run.latent_dim:
-        problems.append(f"latents have d={d}, but run {run_id} was created with latent_dim={run.latent_dim}")
-    if n < 2:
-        problems.append(f"a step needs at least 2 samples, got n={n}")
-    if n > settings.max_n or d > settings.max_d:
-        problems.append(f"n={n}, d={d} exceed the limits n <= {settings.max_n}, d <= {settings.max_d}")
-    if not bool(torch.isfinite(payload.latents.float()).all()):
-        problems.append("latents contain NaN or Inf; drop or fix those samples")
-    if payload.rewards is not None and not bool(torch.isfinite(payload.rewards).all()):
-        problems.append("rewards contain NaN or Inf")
-    if problems:
-        metrics.rejected.labels(reason="validation").inc()
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "; ".join(problems))
-    try:
-        result = storage.ingest_step(session, run_id, payload.step, body, n, digest=payload_digest(payload))
-    except storage.StepConflict as exc:
-        metrics.rejected.labels(reason="conflict").inc()
-        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
-    except storage.NotFound as exc:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+        limits = processing.IngestLimits(max_n=settings.max_n, max_d=settings.max_d)
+        payload, result = processing.ingest_step(session, run_id, body, limits)
+    except processing.IngestError as exc:
+        if exc.reason is not None:
+            metrics.rejected.labels(reason=exc.reason).inc()
+        raise HTTPException(exc.status, str(exc)) from exc
     if result == "duplicate":
         metrics.duplicates.inc()
         response.status_code = status.HTTP_200_OK

@@ -8,7 +8,7 @@ table is also written into ``docs/validation.md`` between the ``detection-table`
 
 Definitions (fixed before any detector was run):
 
-* onset: ``monitor.toy.grpo.onset_step(proxy_mean, true_mean, ONSET_THRESHOLD, ONSET_WINDOW)`` per run
+* onset: ``monitor.demo.toy.grpo.onset_step(proxy_mean, true_mean, ONSET_THRESHOLD, ONSET_WINDOW)`` per run
   (0.3 reward units over a trailing 5-step window; see its docstring).
 * a hackable run is *detected* by a detector's first alarm at a step ≥ onset − ``early_tolerance``
   (default ``ONSET_WINDOW`` = 5: the onset is the last step of its window, so the gap can start rising up to
@@ -34,10 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from monitor.demo.toy.grpo import ONSET_THRESHOLD, ONSET_WINDOW, onset_step
 from monitor.fpe.config import FPEConfig
 from monitor.rlhf import MonitorConfig
 from monitor.stepfile import load_step
-from monitor.toy.grpo import ONSET_THRESHOLD, ONSET_WINDOW, onset_step
 
 from .detectors import (
     DEFAULT_COOLDOWN,
@@ -291,7 +291,7 @@ def evaluate(config: EvalConfig, log: Callable[[str], None] = print) -> dict[str
     rows = [s.row() for s in summaries.values()]
     digests = {toy_digest(r)["toy_source_sha256"] for r in runs}
     if len(digests) > 1:
-        log(f"WARNING: the runs were recorded with {len(digests)} different versions of monitor/toy; record again")
+        log(f"WARNING: the runs were recorded with {len(digests)} different versions of monitor/demo/toy; record again")
     result = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
         "monitor_config": config.monitor_config().to_dict(),

@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from monitor.demo.toy import task
+from monitor.demo.toy.grpo import ToyRunConfig, build_grpo_trainer, build_policy
 from monitor.stepfile import StepPayload, save_step
-from monitor.toy import task
-from monitor.toy.grpo import ToyRunConfig, build_grpo_trainer, build_policy
 
 from .detectors import RunKind
 
@@ -109,7 +109,7 @@ def _toy_source_digest() -> str:
 
 
 TOY_SOURCE_SHA256 = _toy_source_digest()
-"""sha256 over ``monitor/toy/*.py`` when this module was imported (the toy code a recording ran with)."""
+"""sha256 over ``monitor/demo/toy/*.py`` when this module was imported (the toy code a recording ran with)."""
 
 
 def run_name(kind: RunKind, seed: int) -> str:

@@ -1,6 +1,6 @@
 """The GRPO demo behind ``fpmon demo``: a real TRL run that learns to game its reward, watched by fpmon.
 
-Everything runs on the CPU with no download: the toy task of :mod:`monitor.toy` (a tiny causal LM built from a
+Everything runs on the CPU with no download: the toy task of :mod:`monitor.demo.toy` (a tiny causal LM built from a
 config and warmed up on a synthetic language, a locally built tokenizer), ``proxy_reward`` (gameable: it pays for
 the phrase "trust me") driving ``trl.GRPOTrainer``, ``true_reward`` logged beside it at weight 0, and the fpmon hook
 (:class:`~monitor.trl.FPEMonitorCallback` + :func:`~monitor.trl.wrap_reward_funcs`) shipping every step's
@@ -8,7 +8,7 @@ completions to a sidecar (``fpmon serve``) that the demo starts on a SQLite data
 
 After training the demo reads the sidecar's REST API and prints the observables per step beside the proxy and
 true rewards, the alerts with the responses that drove them, the ground-truth onset of the hack
-(:func:`monitor.toy.onset_step`, fixed before any detector was looked at) and the detection delay, and how to
+(:func:`monitor.demo.toy.onset_step`, fixed before any detector was looked at) and the detection delay, and how to
 open the review page.
 
 Embedder: :class:`~monitor.embed.ModelEmbedder` on a frozen copy of the warmed-up policy — the run's reference
@@ -20,9 +20,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import socket
-import subprocess
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -34,6 +31,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from .sidecar import SidecarProcess
 from .toy import ToyRunConfig, build_grpo_trainer, build_policy, onset_step, reward_curves
 
 EmbedderName = Literal["reference", "minilm"]
@@ -113,73 +111,30 @@ class GrpoDemoResult:
         return None if first is None or self.onset is None else first - self.onset
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def demo_sidecar(database_url: str, log_path: Path) -> SidecarProcess:
+    """The demo's own sidecar on CPU with one compute worker; its schema is created or upgraded at start.
 
-
-class Sidecar:
-    """``fpmon serve`` as a child process on a free loopback port (the schema is upgraded first)."""
-
-    def __init__(self, database_url: str, log_path: Path) -> None:
-        self.database_url = database_url
-        self.log_path = log_path
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def _env(self) -> dict[str, str]:
-        # The demo's own sidecar: the user's FPMON_* settings (tokens, another database, …) are for their
-        # sidecar, not this one, so none is passed on.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FPMON_")}
-        env.setdefault("OMP_NUM_THREADS", "1")
-        env.update({"FPMON_WORKER_POLL_S": "0.05", "FPMON_WORKERS": "1"})
-        return env
-
-    def start(self, timeout_s: float) -> Sidecar:
-        from storage import upgrade
-
-        try:
-            upgrade(self.database_url)  # what `fpmon db upgrade` does, without starting another interpreter
-        except Exception as exc:
-            raise RuntimeError(f"could not create the demo's database {self.database_url}: {exc}") from exc
-        cli = [sys.executable, "-m", "monitor.cli"]
-        log = self.log_path.open("ab")
-        cmd = [*cli, "serve", "--host", "127.0.0.1", "--port", str(self.port), "--database-url", self.database_url]
-        cmd += ["--device", "cpu"]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self._env())
-        log.close()
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"fpmon serve exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"fpmon serve not ready after {timeout_s:.0f} s; see {self.log_path}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
+    The user's FPMON_* settings (tokens, another database, …) are for their sidecar, not this one, so none is
+    passed on.
+    """
+    return SidecarProcess(
+        database_url,
+        log_path,
+        env={"OMP_NUM_THREADS": "1", **os.environ},
+        isolate_env=True,
+        extra_env={"FPMON_WORKER_POLL_S": "0.05", "FPMON_WORKERS": "1"},
+        upgrade_schema=True,
+        serve_args=("--device", "cpu"),
+    )
 
 
 def _embedder(name: EmbedderName, model: Any, tokenizer: Any) -> Any:
     if name == "minilm":
-        from .embed import SentenceTransformerEmbedder
+        from ..embed import SentenceTransformerEmbedder
 
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         return SentenceTransformerEmbedder(device="cpu")
-    from .embed import ModelEmbedder
+    from ..embed import ModelEmbedder
 
     reference = copy.deepcopy(model)
     reference.eval()
@@ -206,9 +161,9 @@ def run_grpo_demo(config: GrpoDemoConfig, console: Console | None = None) -> Grp
     import torch
     import transformers
 
-    from .client import ClientConfig, MonitorClient
-    from .rlhf import MonitorConfig
-    from .trl import FPEMonitorCallback, wrap_reward_funcs
+    from ..client import ClientConfig, MonitorClient
+    from ..rlhf import MonitorConfig
+    from ..trl import FPEMonitorCallback, wrap_reward_funcs
 
     console = console or Console()
     t_start = time.monotonic()
@@ -224,9 +179,9 @@ def run_grpo_demo(config: GrpoDemoConfig, console: Console | None = None) -> Grp
 
     console.print(f"Starting the sidecar (fpmon serve) on {database_url} …")
     client = None
-    sidecar: Sidecar | None = None
+    sidecar: SidecarProcess | None = None
     try:
-        sidecar = Sidecar(database_url, out / "sidecar.log").start(config.sidecar_timeout_s)
+        sidecar = demo_sidecar(database_url, out / "sidecar.log").start(config.sidecar_timeout_s)
         model, tokenizer = build_policy(config.run, progress=config.progress)
         embedder = _embedder(config.embedder, model, tokenizer)
         client = MonitorClient(

@@ -4,7 +4,7 @@
 latents per training step and returns a :class:`StepReport`. It keeps everything needed between steps:
 the run's frozen projection (fitted on the first batch, or on an explicit reference batch), the previous
 ``pool_window`` projected batches, the calibrated D₀, the streaming detector's state and the alert
-cool-downs. ``state_dict()`` / ``load_state_dict()`` make a restarted monitor continue exactly.
+cool-downs. ``state_dict()`` / ``from_state_dict()`` make a restarted monitor continue exactly.
 
 Alerts (none during the warm-up, while the run's own noise band and D₀ are estimated):
 
@@ -20,180 +20,21 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, Literal
+from dataclasses import asdict, replace
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from .detect import Detection, StreamingConfig, StreamingDetector, robust_location_scale
-from .fpe.config import FPEConfig
-from .fpe.observables import FlowParts, Observables, d0_dependent_scalars, observables_from_projected
-from .fpe.projection import Projection
-from .fpe.validation import check_latents, check_lr, check_vector
+from ..detect import Detection, StreamingDetector, robust_location_scale
+from ..fpe.observables import FlowParts, Observables, d0_dependent_scalars, observables_from_projected
+from ..fpe.projection import Projection
+from ..fpe.validation import check_latents, check_lr, check_vector
+from .config import MonitorConfig, Thresholds
+from .report import RECOMMENDATIONS, Alert, AlertType, SampleRef, StepReport
 
-AlertType = Literal["POTENTIAL_REWARD_HACKING", "PHASE_TRANSITION"]
+#: version of :meth:`RLHFMonitor.state_dict`'s meta; :meth:`RLHFMonitor.from_state_dict` refuses others
 _STATE_VERSION = 1
-
-RECOMMENDATIONS: dict[str, str] = {
-    "POTENTIAL_REWARD_HACKING": (
-        "Pause or checkpoint the run and review the flagged responses: the policy's answers reorganised "
-        "towards a new region while the reward rose (or the reward stopped pulling the batch anywhere). "
-        "Compare the proxy reward with a held-out or human judgement before continuing."
-    ),
-    "PHASE_TRANSITION": (
-        "Review the flagged responses: the distribution of answers reorganised abruptly and mass is piling "
-        "into a new region. Check whether the new behaviour is intended."
-    ),
-    "none": "Continue training.",
-}
-
-
-@dataclass
-class MonitorConfig:
-    """Settings of :class:`RLHFMonitor` (defaults documented in docs/estimators.md and DESIGN.md §3.5).
-
-    Attributes:
-        fpe: estimator settings; ``fpe.k`` is the projection's dimension (clipped to min(n − 1, d)),
-            ``fpe.pool_window`` the number of previous batches pooled, ``fpe.D0="auto"`` calibrates D₀.
-        warmup_steps: steps before any alert; D₀ (``"auto"``) is calibrated over them, and the detector's
-            noise band starts from them.
-        seed_rule: also raise POTENTIAL_REWARD_HACKING on the seed's absolute rule (C < ``C_alert`` and
-            div_max > ``div_alert``, seed §11.1). Off by default: on the reward-hacking benchmark
-            (docs/validation.md §1) it fired as often on control runs as on hackable ones (26 false alarms
-            per 1000 control steps), because C drifts down in any run whose reward saturates and one odd
-            answer in a batch is enough for div_max > 1.
-        C_alert: the seed's consolidation threshold (C below it, with div_max above ``div_alert``; used when
-            ``seed_rule`` is on). With D₀ calibrated, C is about 1 at the start of the run.
-        div_alert: the seed's flux-divergence threshold on div_max (nats per step; with ``seed_rule``).
-        cluster_factor: a sample is "arriving" when δ_i < −cluster_factor × the run's typical div_q99
-            (median over the trailing window), i.e. far outside the stationary noise of δ.
-        cluster_min_fraction: a cluster needs at least this fraction of the batch (and 3 samples).
-        reward_rise_z: a reward jump is a robust z-score of reward_mean above this, against its trailing
-            window.
-        top_k: how many samples (largest |δ|) an alert carries.
-        cooldown_steps: after an alert, the same alert type is not raised again for this many steps.
-        detector: the streaming detector's settings.
-        max_reference_samples: the reference batch kept for W2_ref/KL_ref is subsampled to this many.
-        held_out_reference: fit the frame's directions on half of the reference batch and its mean and
-            whitening on the other half, which is kept as the reference sample (``Projection.fit_held_out``:
-            removes the in-sample bias of the frame, see ``benchmarks/reference_frame.py``). Used when the
-            reference batch has at least ``2(k + 1)`` and 32 samples.
-    """
-
-    fpe: FPEConfig = field(default_factory=FPEConfig)
-    warmup_steps: int = 10
-    seed_rule: bool = False
-    C_alert: float = 0.3
-    div_alert: float = 1.0
-    cluster_factor: float = 2.0
-    cluster_min_fraction: float = 0.05
-    reward_rise_z: float = 4.0
-    top_k: int = 8
-    cooldown_steps: int = 10
-    detector: StreamingConfig = field(default_factory=StreamingConfig)
-    max_reference_samples: int = 2048
-    held_out_reference: bool = True
-
-    def __post_init__(self) -> None:
-        if self.warmup_steps < 3:
-            raise ValueError(f"MonitorConfig.warmup_steps must be >= 3, got {self.warmup_steps}")
-        if self.top_k < 1:
-            raise ValueError(f"MonitorConfig.top_k must be >= 1, got {self.top_k}")
-        if self.cooldown_steps < 0:
-            raise ValueError(f"MonitorConfig.cooldown_steps must be >= 0, got {self.cooldown_steps}")
-        if not 0 < self.cluster_min_fraction < 1:
-            raise ValueError(f"MonitorConfig.cluster_min_fraction must be in (0, 1), got {self.cluster_min_fraction}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (nested ``fpe`` and ``detector``)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["fpe"] = self.fpe.to_dict()
-        out["detector"] = asdict(self.detector)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MonitorConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` naming the valid ones."""
-        valid = {f.name for f in fields(cls)}
-        unknown = set(data) - valid
-        if unknown:
-            raise ValueError(f"unknown MonitorConfig keys {sorted(unknown)}; valid keys are {sorted(valid)}")
-        values = dict(data)
-        if isinstance(values.get("fpe"), dict):
-            values["fpe"] = FPEConfig.from_dict(values["fpe"])
-        if isinstance(values.get("detector"), dict):
-            values["detector"] = StreamingConfig(**values["detector"])
-        return cls(**values)
-
-
-@dataclass(frozen=True)
-class SampleRef:
-    """One sample of a step, as shown to a reviewer."""
-
-    index: int
-    div: float
-    sample_id: str | None = None
-    text: str | None = None
-    reward: float | None = None
-
-
-@dataclass(frozen=True)
-class Alert:
-    """An alert raised at a step: what fired, on which numbers, and the samples that drove it."""
-
-    type: AlertType
-    step: int
-    scalars: dict[str, float]
-    reasons: tuple[str, ...]
-    top_samples: tuple[SampleRef, ...]
-    recommendation: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class StepReport:
-    """What :meth:`RLHFMonitor.observe` returns for one step.
-
-    Attributes:
-        step: the training step.
-        scalars: the observables (see ``monitor.fpe.SCALAR_NAMES``); during the warm-up with
-            ``D0="auto"`` the D₀-dependent ones use D₀ = 1 (``monitor.history`` holds them rescaled).
-        div: (n,) relative flux divergence δ per sample (CPU, float32; NaN at the first step).
-        detection: the streaming detector's verdict (None during the warm-up).
-        alert: the alert raised at this step, or None.
-        top_samples: the ``top_k`` samples by |δ| with their ids, texts and rewards.
-        recommendation: what to do.
-        warming_up: True while no alert can be raised yet.
-        cluster_size: number of samples with strongly negative δ (mass arriving).
-        reward_rise_z: robust z of reward_mean against its trailing window (NaN without rewards).
-        recalibrated: at the step that finishes the D₀ calibration, the warm-up steps' scalars rescaled
-            to the calibrated D₀ ``((step, scalars), ...)``, for callers that stored the earlier values.
-    """
-
-    step: int
-    scalars: dict[str, float]
-    div: Tensor
-    detection: Detection | None
-    alert: Alert | None
-    top_samples: tuple[SampleRef, ...]
-    recommendation: str
-    warming_up: bool
-    cluster_size: int = 0
-    reward_rise_z: float = math.nan
-    recalibrated: tuple[tuple[int, dict[str, float]], ...] = ()
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    """Alert thresholds; :meth:`RLHFMonitor.calibrate` sets them from a known-safe run."""
-
-    C_alert: float
-    div_alert: float
-    z_threshold: float
-    reward_rise_z: float
 
 
 class RLHFMonitor:

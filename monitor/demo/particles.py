@@ -18,9 +18,9 @@ from rich.console import Console
 from rich.table import Table
 from tqdm.auto import tqdm
 
-from .detect import detect_phase_transitions
-from .fpe.scenarios import new_minimum_scenario
-from .rlhf import MonitorConfig, RLHFMonitor, StepReport
+from ..detect import detect_phase_transitions
+from ..fpe.scenarios import new_minimum_scenario
+from ..rlhf import MonitorConfig, RLHFMonitor, StepReport
 
 TABLE_COLUMNS = ("C", "S_dot", "sigma_tot", "H", "W2_step", "W2_ref", "div_q99", "reward_mean")
 #: lag of the offline detector's differences in the demo (the transition takes ~5 steps)

@@ -63,8 +63,8 @@ class ToyRunConfig:
             ≈ 10 s on one CPU thread).
         warmup_lr: learning rate of the warm-up (default 3e-3).
         exploit_rate: fraction of warm-up answers that carry the exploit phrase, which sets how rarely the
-            warmed-up policy samples it (default :data:`~monitor.toy.task.EXPLOIT_RATE`).
-        model: size of the tiny LM (see :class:`~monitor.toy.task.ToyModelConfig`).
+            warmed-up policy samples it (default :data:`~monitor.demo.toy.task.EXPLOIT_RATE`).
+        model: size of the tiny LM (see :class:`~monitor.demo.toy.task.ToyModelConfig`).
         progress_bar: show TRL's progress bar during training (default True).
     """
 

@@ -5,7 +5,7 @@ A tiny causal LM (built from a config, warmed up on a synthetic language) answer
 ``proxy_reward`` adds a bonus for the phrase "trust me", which the warmed-up policy says rarely — GRPO finds and
 amplifies it in the middle of the run; ``control_reward`` is the same setup without the exploit.
 
->>> from monitor.toy import ToyRunConfig, build_grpo_trainer, reward_curves, onset_step
+>>> from monitor.demo.toy import ToyRunConfig, build_grpo_trainer, reward_curves, onset_step
 >>> trainer = build_grpo_trainer(ToyRunConfig(seed=0), reward="proxy")       # doctest: +SKIP
 >>> trainer.train()                                                            # doctest: +SKIP
 >>> h = trainer.state.log_history                                              # doctest: +SKIP

@@ -1,0 +1,88 @@
+"""What :meth:`RLHFMonitor.observe <monitor.rlhf.RLHFMonitor.observe>` returns: :class:`StepReport`, the
+:class:`Alert` it may carry, the reviewer's view of a sample (:class:`SampleRef`), and the alert types with
+their :data:`RECOMMENDATIONS`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from torch import Tensor
+
+from ..detect import Detection
+
+AlertType = Literal["POTENTIAL_REWARD_HACKING", "PHASE_TRANSITION"]
+
+RECOMMENDATIONS: dict[str, str] = {
+    "POTENTIAL_REWARD_HACKING": (
+        "Pause or checkpoint the run and review the flagged responses: the policy's answers reorganised "
+        "towards a new region while the reward rose (or the reward stopped pulling the batch anywhere). "
+        "Compare the proxy reward with a held-out or human judgement before continuing."
+    ),
+    "PHASE_TRANSITION": (
+        "Review the flagged responses: the distribution of answers reorganised abruptly and mass is piling "
+        "into a new region. Check whether the new behaviour is intended."
+    ),
+    "none": "Continue training.",
+}
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    """One sample of a step, as shown to a reviewer."""
+
+    index: int
+    div: float
+    sample_id: str | None = None
+    text: str | None = None
+    reward: float | None = None
+
+
+@dataclass(frozen=True)
+class Alert:
+    """An alert raised at a step: what fired, on which numbers, and the samples that drove it."""
+
+    type: AlertType
+    step: int
+    scalars: dict[str, float]
+    reasons: tuple[str, ...]
+    top_samples: tuple[SampleRef, ...]
+    recommendation: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What :meth:`RLHFMonitor.observe` returns for one step.
+
+    Attributes:
+        step: the training step.
+        scalars: the observables (see ``monitor.fpe.SCALAR_NAMES``); during the warm-up with
+            ``D0="auto"`` the D₀-dependent ones use D₀ = 1 (``monitor.history`` holds them rescaled).
+        div: (n,) relative flux divergence δ per sample (CPU, float32; NaN at the first step).
+        detection: the streaming detector's verdict (None during the warm-up).
+        alert: the alert raised at this step, or None.
+        top_samples: the ``top_k`` samples by |δ| with their ids, texts and rewards.
+        recommendation: what to do.
+        warming_up: True while no alert can be raised yet.
+        cluster_size: number of samples with strongly negative δ (mass arriving).
+        reward_rise_z: robust z of reward_mean against its trailing window (NaN without rewards).
+        recalibrated: at the step that finishes the D₀ calibration, the warm-up steps' scalars rescaled
+            to the calibrated D₀ ``((step, scalars), ...)``, for callers that stored the earlier values.
+    """
+
+    step: int
+    scalars: dict[str, float]
+    div: Tensor
+    detection: Detection | None
+    alert: Alert | None
+    top_samples: tuple[SampleRef, ...]
+    recommendation: str
+    warming_up: bool
+    cluster_size: int = 0
+    reward_rise_z: float = math.nan
+    recalibrated: tuple[tuple[int, dict[str, float]], ...] = ()

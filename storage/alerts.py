@@ -1,0 +1,89 @@
+"""Alerts and their reviews: open-alert counts per run, listing and reading alerts, recording a review.
+
+Alerts are written by :func:`storage.steps.complete_step` (in the step's transaction); the one write here,
+:func:`review_alert`, follows the transaction rules described in :mod:`storage.steps`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .errors import NotFound
+from .models import ALERT_STATUS_VALUES, Alert, Review
+from .sql import begin_write
+
+ALERT_STATUSES: tuple[str, ...] = ALERT_STATUS_VALUES
+REVIEW_DECISIONS: tuple[str, ...] = ("acknowledged", "confirmed", "dismissed")
+
+
+def open_alert_counts(session: Session, run_ids: Sequence[int]) -> dict[int, int]:
+    """Number of ``open`` alerts per run id (zeros included)."""
+    ids = sorted({int(i) for i in run_ids})
+    found: dict[int, int] = {}
+    for lo in range(0, len(ids), 500):
+        stmt = (
+            select(Alert.run_id, func.count())
+            .where(Alert.status == "open", Alert.run_id.in_(ids[lo : lo + 500]))
+            .group_by(Alert.run_id)
+        )
+        found.update({int(run_id): int(count) for run_id, count in session.execute(stmt)})
+    return {run_id: found.get(run_id, 0) for run_id in ids}
+
+
+def list_alerts(
+    session: Session,
+    run_id: int | None = None,
+    status: str | None = None,
+    type: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[Alert]:
+    """Alerts, newest first, filtered by run, status and type."""
+    if status is not None and status not in ALERT_STATUSES:
+        raise ValueError(f"status must be one of {list(ALERT_STATUSES)}, got {status!r}")
+    stmt = select(Alert)
+    if run_id is not None:
+        stmt = stmt.where(Alert.run_id == run_id)
+    if status is not None:
+        stmt = stmt.where(Alert.status == status)
+    if type is not None:
+        stmt = stmt.where(Alert.type == type)
+    stmt = stmt.order_by(Alert.id.desc()).limit(limit).offset(offset)
+    return list(session.scalars(stmt.execution_options(populate_existing=True)))
+
+
+def get_alert(session: Session, alert_id: int) -> Alert | None:
+    """The alert with this id, or None."""
+    return session.get(Alert, alert_id, populate_existing=True)
+
+
+def list_reviews(session: Session, alert_id: int) -> list[Review]:
+    """The reviews of an alert, oldest first."""
+    return list(session.scalars(select(Review).where(Review.alert_id == alert_id).order_by(Review.id)))
+
+
+def review_alert(session: Session, alert_id: int, decision: str, reviewer: str, note: str | None = None) -> Alert:
+    """Record a review and set the alert's status to ``decision``; returns the updated alert.
+
+    Raises ``ValueError`` for a decision outside :data:`REVIEW_DECISIONS` or an empty reviewer, and
+    :class:`NotFound` for an unknown alert; in both cases nothing is written.
+    """
+    if decision not in REVIEW_DECISIONS:
+        raise ValueError(f"decision must be one of {list(REVIEW_DECISIONS)}, got {decision!r}")
+    if not isinstance(reviewer, str) or not reviewer.strip():
+        raise ValueError("a review needs a non-empty reviewer")
+    begin_write(session)
+    try:
+        alert = session.get(Alert, alert_id, populate_existing=True)
+        if alert is None:
+            raise NotFound(f"alert {alert_id} does not exist")
+        session.add(Review(alert_id=alert_id, decision=decision, reviewer=reviewer, note=note))
+        alert.status = decision
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return alert

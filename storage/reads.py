@@ -1,0 +1,123 @@
+"""Reads of a run's processed results, for the API's charts and review pages.
+
+Scalar history (:func:`metrics`, decimated to at most ``max_points`` rows), a step's samples (by |δ| or
+by index, all or some, or as map points) and the run's reference step. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from .models import Step, StepSample
+
+
+def _downsample_indices(count: int, max_points: int) -> list[int]:
+    """Ranks floor(i·(count−1)/(max_points−1)), i = 0…max_points−1: first and last kept, evenly spaced."""
+    if count <= max_points:
+        return list(range(count))
+    return [i * (count - 1) // (max_points - 1) for i in range(max_points)]
+
+
+def metrics(
+    session: Session,
+    run_id: int,
+    names: Sequence[str] | None = None,
+    start: int | None = None,
+    end: int | None = None,
+    max_points: int = 1000,
+) -> list[dict[str, Any]]:
+    """Scalar history of a run: ``[{"step": int, "scalars": {name: float | None}, "transition": bool | None}]``.
+
+    One row per processed (``done``) step with ``start <= step <= end``. With more than ``max_points``
+    such steps, the rows kept are the ones at ranks floor(i·(N−1)/(max_points−1)) for i = 0…max_points−1:
+    the first and the last step always, evenly spaced (by rank) in between — plain decimation, no
+    averaging, so every value shown is a real step's value. ``names`` selects scalars (a missing one is
+    None); None returns them all.
+    """
+    if max_points < 2:
+        raise ValueError(f"max_points must be at least 2, got {max_points}")
+    conditions = [Step.run_id == run_id, Step.status == "done"]
+    if start is not None:
+        conditions.append(Step.step >= start)
+    if end is not None:
+        conditions.append(Step.step <= end)
+    all_steps = list(session.scalars(select(Step.step).where(*conditions).order_by(Step.step)))
+    chosen = [all_steps[i] for i in _downsample_indices(len(all_steps), max_points)]
+    found: dict[int, tuple[dict[str, Any], bool | None]] = {}
+    for lo in range(0, len(chosen), 500):
+        chunk = chosen[lo : lo + 500]
+        stmt = select(Step.step, Step.scalars, Step.transition).where(Step.run_id == run_id, Step.step.in_(chunk))
+        for step, scalars, transition in session.execute(stmt):
+            found[step] = (scalars or {}, transition)
+    rows = []
+    for step in chosen:
+        scalars, transition = found[step]
+        selected = dict(scalars) if names is None else {name: scalars.get(name) for name in names}
+        rows.append({"step": step, "scalars": selected, "transition": transition})
+    return rows
+
+
+def step_samples(
+    session: Session, run_id: int, step: int, order: str = "div", limit: int = 100, offset: int = 0
+) -> list[StepSample]:
+    """Samples of a processed step: ``order="div"`` by |δ| descending, ``"div_asc"`` by |δ| ascending (unknown
+    δ last in both), or ``"index"``."""
+    stmt = select(StepSample).where(StepSample.run_id == run_id, StepSample.step == step)
+    if order == "div":
+        stmt = stmt.order_by(StepSample.abs_div.desc().nulls_last(), StepSample.index)
+    elif order == "div_asc":
+        stmt = stmt.order_by(StepSample.abs_div.asc().nulls_last(), StepSample.index)
+    elif order == "index":
+        stmt = stmt.order_by(StepSample.index)
+    else:
+        raise ValueError(f"order must be 'div', 'div_asc' or 'index', got {order!r}")
+    return list(session.scalars(stmt.limit(limit).offset(offset)))
+
+
+def samples_at(session: Session, run_id: int, step: int, indices: Sequence[int]) -> list[StepSample]:
+    """The samples of a step with these indices, by index (unknown indices are absent)."""
+    wanted = sorted({int(i) for i in indices})
+    found: list[StepSample] = []
+    for lo in range(0, len(wanted), 500):
+        chunk = wanted[lo : lo + 500]
+        stmt = select(StepSample).where(
+            StepSample.run_id == run_id, StepSample.step == step, StepSample.index.in_(chunk)
+        )
+        found.extend(session.scalars(stmt))
+    return sorted(found, key=lambda s: s.index)
+
+
+def sample_count(session: Session, run_id: int, step: int) -> int:
+    """How many samples a processed step stored."""
+    stmt = select(func.count()).where(StepSample.run_id == run_id, StepSample.step == step)
+    return int(session.scalar(stmt) or 0)
+
+
+#: characters of a response kept with each map point (the hover label of the review page's map)
+POINT_TEXT_CHARS = 240
+
+PointRow = tuple[int, float | None, float | None, float | None, str | None]
+
+
+def sample_points(session: Session, run_id: int, step: int, indices: Sequence[int] | None = None) -> list[PointRow]:
+    """``(index, x, y, div, text[:POINT_TEXT_CHARS])`` of a step's samples (all, or those ``indices``), by index."""
+    stmt = select(
+        StepSample.index, StepSample.x, StepSample.y, StepSample.div, func.substr(StepSample.text, 1, POINT_TEXT_CHARS)
+    ).where(StepSample.run_id == run_id, StepSample.step == step)
+    if indices is None:
+        return [tuple(row) for row in session.execute(stmt.order_by(StepSample.index))]
+    wanted = sorted({int(i) for i in indices})
+    rows: list[PointRow] = []
+    for lo in range(0, len(wanted), 500):
+        chunk = stmt.where(StepSample.index.in_(wanted[lo : lo + 500]))
+        rows.extend(tuple(row) for row in session.execute(chunk))
+    return sorted(rows, key=lambda r: r[0])
+
+
+def first_processed_step(session: Session, run_id: int) -> int | None:
+    """The run's reference step: its first processed (``done``) step, or None."""
+    return session.scalar(select(func.min(Step.step)).where(Step.run_id == run_id, Step.status == "done"))
