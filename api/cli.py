@@ -70,6 +70,7 @@ def serve(
     from storage import SchemaError
 
     from .main import create_app
+    from .security import install_access_log_redaction
     from .settings import Settings
 
     overrides: dict[str, Any] = {
@@ -89,6 +90,7 @@ def serve(
     except (SchemaError, ValueError) as exc:
         _console().print(f"[bold red]fpmon serve: {exc}[/]")
         raise typer.Exit(code=2) from exc
+    install_access_log_redaction()  # no query string (a token sent as ?token=…) in the access log
     uvicorn.run(application, host=settings.host, port=settings.port, log_level="info")
 
 

@@ -15,6 +15,7 @@ import storage
 
 from .metrics import Metrics
 from .schemas import MAX_DB_INT
+from .security import auth_refusal
 from .settings import Settings
 
 
@@ -40,31 +41,20 @@ def get_session(services: Annotated[Services, Depends(get_services)]) -> Iterato
 _bearer = HTTPBearer(auto_error=False, description="FPMON_API_TOKENS (write) or FPMON_READ_TOKENS (read)")
 
 
-def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
-    return credentials.credentials if credentials is not None else None
-
-
-def _unauthorized(services: Services, message: str) -> HTTPException:
-    services.metrics.rejected.labels(reason="auth").inc()
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, message, headers={"WWW-Authenticate": "Bearer"})
-
-
 def _check_token(services: Services, credentials: HTTPAuthorizationCredentials | None, write: bool) -> None:
-    """401 for a missing or unknown token, 403 for a read token on a write route; nothing when auth is off."""
-    settings = services.settings
-    if not settings.auth_enabled:
+    """401 for a missing or unknown token, 403 for a read token on a write route; nothing when auth is off.
+
+    The same check (:func:`api.security.auth_refusal`, constant-time) as the front door's, which refuses such a
+    request before its body is read; this is the route's own second line.
+    """
+    token = credentials.credentials if credentials is not None else None
+    refusal = auth_refusal(services.settings, token, write)
+    if refusal is None:
         return
-    token = _token(credentials)
-    if token is None:
-        raise _unauthorized(services, "missing bearer token: send 'Authorization: Bearer <token>'")
-    if token in settings.api_tokens:
-        return
-    if token in settings.read_tokens:
-        if not write:
-            return
-        services.metrics.rejected.labels(reason="auth").inc()
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "this token is read-only; writes need a write token")
-    raise _unauthorized(services, "invalid bearer token")
+    status_code, message = refusal
+    services.metrics.rejected.labels(reason="auth").inc()
+    headers = {"WWW-Authenticate": "Bearer"} if status_code == status.HTTP_401_UNAUTHORIZED else None
+    raise HTTPException(status_code, message, headers=headers)
 
 
 def require_read(

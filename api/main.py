@@ -12,8 +12,11 @@ from monitor.processing import StepProcessor, resolve_device
 from storage import check_schema, make_engine, session_factory
 
 from .deps import Services
+from .errors import install_error_handlers, problem_openapi
 from .metrics import Metrics
 from .routes import alerts, health, review, runs, steps
+from .schemas import Problem
+from .security import FrontDoor, SecurityHeaders, install_access_log_redaction, internal_error_with_headers
 from .settings import Settings
 from .worker import WorkerProcess, WorkerThread
 
@@ -47,6 +50,7 @@ def create_app(settings: Settings | None = None, start_workers: bool = True) -> 
                     services.sessions,
                     device,
                     claim_stale_s=settings.claim_stale_s,
+                    claim_timeout_s=settings.claim_timeout_s,
                     retention_steps=settings.retention_steps,
                 )
                 thread = WorkerThread(processor, settings.worker_poll_s)
@@ -74,4 +78,12 @@ def create_app(settings: Settings | None = None, start_workers: bool = True) -> 
     for module in (runs, steps, alerts, review, health):
         app.include_router(module.router)
     review.mount_review_page(app, settings)
+    # errors in one shape (RFC 9457 problem details), in the answers and in the OpenAPI document
+    install_error_handlers(app, internal_error_with_headers)
+    app.openapi = problem_openapi(app, Problem.model_json_schema(ref_template="#/components/schemas/{model}"))  # type: ignore[method-assign]
+    # the front door, outermost first: security headers on every answer (and a 500 problem for an escaped
+    # exception) around authentication -> body limits -> JSON depth, all before a route reads the body
+    app.add_middleware(FrontDoor, settings=settings, metrics=services.metrics)
+    app.add_middleware(SecurityHeaders)
+    install_access_log_redaction()
     return app

@@ -3,18 +3,70 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field, StrictInt
 
 #: largest id / step number the database stores (a 32-bit signed INTEGER column on PostgreSQL)
 MAX_DB_INT = 2_147_483_647
+#: a query parameter's pattern: any text without NUL (PostgreSQL cannot compare against it)
+NO_NUL = r"^[^\x00]*$"
+#: deepest nesting of a run's ``config`` (the front door refuses deeper JSON bodies before parsing them)
+MAX_CONFIG_DEPTH = 32
+
+
+def storable_text(value: str) -> str:
+    """Refuse text the databases cannot store: NUL (PostgreSQL) and lone surrogates (not UTF-8)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (no lone surrogates)") from None
+    return value
+
+
+def not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+def storable_json(value: dict[str, Any]) -> dict[str, Any]:
+    """Refuse a JSON object nested deeper than :data:`MAX_CONFIG_DEPTH` or holding a key or string the databases
+    cannot store (see :func:`storable_text`); walked without recursion."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list) and depth > MAX_CONFIG_DEPTH:
+            raise ValueError(f"is nested deeper than {MAX_CONFIG_DEPTH} levels")
+        if isinstance(item, dict):
+            for key, child in item.items():
+                storable_text(str(key))
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            storable_text(item)
+    return value
 
 
 class RunCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200, description="Unique run name; the same name returns it")
-    latent_dim: int = Field(ge=1, le=1_000_000, description="Dimension d of the latents the run will send")
-    config: dict[str, Any] = Field(default_factory=dict, description='Free-form; "monitor" = MonitorConfig')
+    name: Annotated[
+        str,
+        Field(min_length=1, max_length=200, description="Unique run name (not blank); the same name returns it"),
+        AfterValidator(storable_text),
+        AfterValidator(not_blank),
+    ]
+    latent_dim: StrictInt = Field(
+        ge=1,
+        le=1_000_000,
+        description="Dimension d of the latents the run will send (an integer, at most the server's FPMON_MAX_D)",
+    )
+    config: Annotated[dict[str, Any], AfterValidator(storable_json)] = Field(
+        default_factory=dict,
+        description='Free-form JSON object (at most FPMON_MAX_CONFIG_BYTES encoded); "monitor" = MonitorConfig',
+    )
 
 
 class RunOut(BaseModel):
@@ -70,8 +122,10 @@ class SampleList(BaseModel):
 
 class ReviewIn(BaseModel):
     decision: Literal["acknowledged", "confirmed", "dismissed"]
-    reviewer: str = Field(min_length=1, max_length=200)
-    note: str | None = Field(default=None, max_length=10_000)
+    reviewer: Annotated[
+        str, Field(min_length=1, max_length=200), AfterValidator(storable_text), AfterValidator(not_blank)
+    ]
+    note: Annotated[str, Field(max_length=10_000), AfterValidator(storable_text)] | None = None
 
 
 class ReviewOut(BaseModel):
@@ -99,8 +153,22 @@ class AlertList(BaseModel):
     alerts: list[AlertOut]
 
 
+class ProblemError(BaseModel):
+    """One offending part of a request."""
+
+    loc: list[str | int] = Field(description='Where, e.g. ["body", "name"] or ["query", "limit"]')
+    msg: str = Field(description="What is wrong with it")
+    type: str = Field(description="A machine-readable kind, e.g. string_too_short, value_error")
+
+
 class Problem(BaseModel):
-    detail: str
+    """Every 4xx/5xx answer: RFC 9457 problem details, media type ``application/problem+json``."""
+
+    type: str = Field(default="about:blank", description="A URI naming the kind of problem; about:blank here")
+    title: str = Field(description="The HTTP status phrase, e.g. Unprocessable Content")
+    status: int = Field(description="The HTTP status code")
+    detail: str = Field(description="What went wrong, in a sentence a person can act on")
+    errors: list[ProblemError] | None = Field(default=None, description="The offending fields (validation errors)")
 
 
 class MapPoint(BaseModel):

@@ -20,7 +20,11 @@ class Settings(BaseSettings):
         device: where the worker computes: ``auto`` (CUDA if available), ``cpu`` or ``cuda``.
         api_tokens: bearer tokens allowed to write (and read), comma-separated in the environment.
         read_tokens: bearer tokens allowed to read only.
-        max_body_bytes: largest accepted step payload.
+        max_body_bytes: largest accepted step payload (``POST /v1/runs/{id}/steps``).
+        max_json_bytes: largest body of every other route (the JSON routes; 413 beyond it, counted while the
+            body streams in, before the body is parsed and after the token is checked).
+        max_json_depth: deepest nesting of a JSON body (422 beyond it, before the body is validated).
+        max_config_bytes: largest run ``config`` (its JSON encoding in UTF-8; 422 beyond it).
         max_n: most samples per step; max_d: largest latent dimension.
         workers: compute workers (each claims pending steps from the database).
         worker_mode: ``process`` (default: each worker is a child process, so computing never holds the
@@ -30,7 +34,12 @@ class Settings(BaseSettings):
             server and the database on a small machine cost more than they give (measured in
             benchmarks/bench_sidecar.py).
         worker_poll_s: how often an idle worker looks for pending steps.
-        claim_stale_s: a step claimed longer ago than this by a worker that died is claimed again.
+        claim_stale_s: a step claimed longer ago than this is claimed again, even while its worker's heartbeat
+            goes on (a hung worker).
+        claim_timeout_s: a step whose worker's heartbeat stopped this long ago (the worker died) is claimed
+            again: crash recovery in seconds. The worker beats every ``claim_timeout_s / 5``.
+        metrics_token: when set, ``GET /metrics`` needs ``Authorization: Bearer <metrics_token>`` (Prometheus'
+            ``authorization`` scrape setting); None (default): ``/metrics`` is public.
         retention_steps: keep the raw latents of only the last N processed steps per run (None: all).
         review_dir: folder of the review page served at ``/`` (None: ``dashboards/review`` of the source
             checkout this ``api`` package lives in; the Docker image sets it).
@@ -47,6 +56,9 @@ class Settings(BaseSettings):
     api_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
     read_tokens: Annotated[list[str], NoDecode] = Field(default_factory=list)
     max_body_bytes: int = 64 * 1024 * 1024
+    max_json_bytes: int = Field(default=1024 * 1024, ge=1)
+    max_json_depth: int = Field(default=32, ge=1)
+    max_config_bytes: int = Field(default=64 * 1024, ge=1)
     max_n: int = 8192
     max_d: int = 8192
     workers: int = 1
@@ -54,6 +66,8 @@ class Settings(BaseSettings):
     worker_threads: int | None = 1
     worker_poll_s: float = 0.05
     claim_stale_s: float = 300.0
+    claim_timeout_s: float = Field(default=5.0, gt=0)
+    metrics_token: str | None = None
     retention_steps: int | None = None
     review_dir: Path | None = None
     live_window_s: float = Field(default=120.0, gt=0)

@@ -21,9 +21,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import socket
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,12 +38,15 @@ import storage
 from storage import LostClaim, Step
 
 from .rlhf import MonitorConfig, RLHFMonitor
-from .stepfile import MAX_STEP, StepPayload, decode_step, payload_digest
+from .stepfile import MAX_STEP, STRING_FIELDS, StepPayload, check_strings, decode_step, payload_digest
 
 log = logging.getLogger("fpmon.worker")
 
 #: with a retention set, a processor purges old raw payloads every this many processed steps
 PURGE_EVERY = 20
+#: largest magnitude of a latent coordinate a step may carry: finite float32 values near the type's limit
+#: (3.4e38) overflow in the monitor's sums; no embedding comes near 1e30
+MAX_ABS_LATENT = 1e30
 
 
 # ---------------------------------------------------------------------------------------------- ingest
@@ -60,8 +67,10 @@ class IngestError(ValueError):
     """A step that is refused, with the HTTP status that says why.
 
     Attributes:
-        status: 400 (unreadable payload), 404 (no such run), 409 (the step was already received with
-            other bytes) or 422 (readable but invalid: shapes, limits, non-finite values).
+        status: 400 (unreadable payload: not safetensors, tensors of the wrong dtype or shape, metadata of the
+            wrong type or length), 404 (no such run), 409 (the step was already received with other bytes)
+            or 422 (readable but invalid: step number, latent dimension, limits, non-finite or huge values,
+            strings the databases cannot store).
         reason: the label of the sidecar's ``fpmon_rejected_total`` counter (``payload``, ``validation``,
             ``conflict``), or None for an unknown run.
     """
@@ -75,7 +84,13 @@ class IngestError(ValueError):
 def check_step(payload: StepPayload, latent_dim: int, limits: IngestLimits, run_id: int) -> None:
     """Raise :class:`IngestError` (422) when a decoded step cannot be processed for its run: step number
     outside ``[0, MAX_STEP]``, another latent dimension than the run's, fewer than 2 samples, beyond
-    ``limits``, or NaN/Inf latents or rewards. All problems are listed in one message."""
+    ``limits``, NaN/Inf latents or rewards, latents beyond :data:`MAX_ABS_LATENT`, or strings
+    (``sample_ids``, ``texts``, ``prompts``) that the worker could not store in SQLite or PostgreSQL
+    (``monitor.stepfile.check_strings``: invalid UTF-8, NUL, over-long sample ids). All problems are listed
+    in one message.
+
+    What :func:`monitor.stepfile.decode_step` accepted and this passes, the worker processes: a 202 means
+    the step ends ``done`` (unless a later step of its run was processed first)."""
     n, d = payload.latents.shape
     problems = []
     if not 0 <= payload.step <= MAX_STEP:
@@ -86,10 +101,19 @@ def check_step(payload: StepPayload, latent_dim: int, limits: IngestLimits, run_
         problems.append(f"a step needs at least 2 samples, got n={n}")
     if n > limits.max_n or d > limits.max_d:
         problems.append(f"n={n}, d={d} exceed the limits n <= {limits.max_n}, d <= {limits.max_d}")
-    if not bool(torch.isfinite(payload.latents.float()).all()):
+    z = payload.latents.float()
+    peak = float(z.abs().max()) if z.numel() else 0.0
+    if not math.isfinite(peak):
         problems.append("latents contain NaN or Inf; drop or fix those samples")
+    elif peak > MAX_ABS_LATENT:
+        problems.append(f"latents reach |x| = {peak:.3g}, beyond {MAX_ABS_LATENT:g}; rescale the embeddings")
     if payload.rewards is not None and not bool(torch.isfinite(payload.rewards).all()):
         problems.append("rewards contain NaN or Inf")
+    for name in STRING_FIELDS:
+        try:
+            check_strings(name, getattr(payload, name))
+        except ValueError as exc:
+            problems.append(str(exc))
     if problems:
         raise IngestError("; ".join(problems), status=422, reason="validation")
 
@@ -140,12 +164,23 @@ def monitor_config_of(run_config: dict[str, Any]) -> MonitorConfig:
 class StepProcessor:
     """Processes one claimed step at a time (see the module docstring).
 
+    While it works on a step, a small thread refreshes the claim's heartbeat every ``claim_timeout_s / 5``;
+    if this process dies, another processor takes the step over ``claim_timeout_s`` after the last beat
+    (the rules: ``storage.steps``).
+
     Args:
         sessions: a session factory bound to the run database.
         device: where the observables are computed.
-        claim_stale_s: a claim older than this (seconds) is taken over by another processor.
+        claim_stale_s: a claim older than this (seconds) is taken over by another processor even while its
+            heartbeat goes on (a hung worker).
         retention_steps: keep the raw payloads of only this many most recent steps per run (None: all).
-        worker_id: this processor's name in the ``steps.claimed_by`` column. Default a random id.
+        worker_id: this processor's name in the ``steps.claimed_by`` column. Default
+            ``<host>:<pid>:<random>`` (which process holds a step).
+        claim_timeout_s: a claim whose heartbeat stopped this long ago (seconds) is taken over: its worker
+            died. Default 5.
+        step_delay_s: TEST ONLY: sleep this long inside each step, after reading it and before writing its
+            results, so that a test can kill a worker mid-step (the sidecar's workers read it from
+            ``FPMON_TEST_STEP_DELAY_S``). Default 0.
     """
 
     def __init__(
@@ -155,31 +190,41 @@ class StepProcessor:
         claim_stale_s: float = 300.0,
         retention_steps: int | None = None,
         worker_id: str | None = None,
+        claim_timeout_s: float = storage.DEFAULT_CLAIM_TIMEOUT_S,
+        step_delay_s: float = 0.0,
     ) -> None:
+        if claim_timeout_s <= 0:
+            raise ValueError(f"claim_timeout_s must be positive, got {claim_timeout_s}")
         self.sessions = sessions
         self.device = device
         self.claim_stale_s = claim_stale_s
         self.retention_steps = retention_steps
-        self.worker_id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.claim_timeout_s = claim_timeout_s
+        self.step_delay_s = step_delay_s
         self.processed = 0
 
     def process_one(self) -> bool:
         """Claim and process one step; False when nothing was pending. A step that fails is recorded as
         failed (with the error) and does not raise."""
         with self.sessions() as session:
-            row = storage.claim_next_step(session, self.worker_id, stale_after_s=self.claim_stale_s)
+            row = storage.claim_next_step(
+                session, self.worker_id, stale_after_s=self.claim_stale_s, claim_timeout_s=self.claim_timeout_s
+            )
             if row is None:
                 return False
+            claim = storage.Claim.of(row)
             started = time.perf_counter()
             try:
-                self._process(session, row)
+                with self._heartbeat(claim):
+                    self._process(session, row, claim)
             except LostClaim:
                 log.warning("step %s of run %s was reclaimed by another worker", row.step, row.run_id)
                 return True
             except Exception as exc:  # a bad step must not kill the worker: record it and go on
-                log.exception("step %s of run %s failed", row.step, row.run_id)
+                log.exception("step %s of run %s failed", claim.step, claim.run_id)
                 session.rollback()
-                storage.fail_step(session, row, f"{type(exc).__name__}: {exc}")
+                storage.fail_step(session, claim, f"{type(exc).__name__}: {exc}")
                 return True
             log.debug("step %s of run %s in %.1f ms", row.step, row.run_id, 1e3 * (time.perf_counter() - started))
             self.processed += 1
@@ -187,11 +232,39 @@ class StepProcessor:
                 storage.purge_payloads(session, self.retention_steps)
         return True
 
-    def _process(self, session: Session, row: Step) -> None:
+    @contextmanager
+    def _heartbeat(self, claim: storage.Claim) -> Iterator[None]:
+        """Refresh ``claim``'s heartbeat every ``claim_timeout_s / 5`` from a thread of its own (its own
+        database session) until the block ends. A step shorter than one interval writes no heartbeat."""
+        done = threading.Event()
+
+        def beat() -> None:
+            with self.sessions() as session:
+                while not done.wait(self.claim_timeout_s / 5):
+                    try:
+                        if not storage.heartbeat_step(session, claim):
+                            log.warning("lost the claim on step %s of run %s", claim.step, claim.run_id)
+                            return
+                    except Exception:  # the database is away for a moment: the next beat may do
+                        log.exception("heartbeat of step %s of run %s failed", claim.step, claim.run_id)
+                        session.rollback()
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{claim.run_id}-{claim.step}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
+
+    def _process(self, session: Session, row: Step, claim: storage.Claim) -> None:
         run = storage.get_run(session, row.run_id)
-        if run is None or row.payload is None:
+        body = storage.load_payload(session, row.run_id, row.step)
+        if run is None or body is None:
             raise RuntimeError("the step's run or payload is missing")
-        payload = decode_step(row.payload)
+        payload = decode_step(body)
+        if self.step_delay_s > 0:  # test only (see the class docstring)
+            time.sleep(self.step_delay_s)
         stored = storage.load_run_state(session, run.id)
         if stored is None:
             monitor = RLHFMonitor(monitor_config_of(run.config))
@@ -209,7 +282,7 @@ class StepProcessor:
         )
         div = report.div.tolist()
         rewards = payload.rewards.tolist() if payload.rewards is not None else None
-        xy = map_coordinates(monitor, latents)
+        xy = map_coordinates(monitor, latents, outlier=report.outlier)
         samples = [
             {
                 "index": i,
@@ -236,13 +309,16 @@ class StepProcessor:
             D0=monitor.D0,
             rescaled=report.recalibrated,
             transition=report.detection.flagged if report.detection is not None else None,
+            claim=claim,
         )
 
 
-def map_coordinates(monitor: RLHFMonitor, latents: torch.Tensor) -> list[tuple[float, float]]:
+def map_coordinates(monitor: RLHFMonitor, latents: torch.Tensor, outlier: bool = False) -> list[tuple[float, float]]:
     """The step's samples in the run's frozen projection, first two coordinates (whitened, dimensionless;
-    y = 0 when the projection has one component): the review page's 2-D map. Shape: n pairs."""
-    if monitor.projection is None:  # observe() always fits it; a monitor without one has nothing to map
+    y = 0 when the projection has one component): the review page's 2-D map. Shape: n pairs. NaN (stored
+    as null) while the run's frame is not fitted yet (``frame_pending``) and for an ``outlier`` step, whose
+    coordinates would be off any map (≈ 10⁶× the run's scale or more)."""
+    if monitor.projection is None or outlier:
         return [(math.nan, math.nan)] * latents.shape[0]
     x = monitor.projection.transform(latents).detach().to("cpu", torch.float64)
     if x.shape[1] < 2:

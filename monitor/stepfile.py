@@ -1,8 +1,14 @@
 """One training step as a safetensors file: the sidecar's wire format, also used by ``fpmon analyze``.
 
-Tensors: ``latents`` (n×d, float32/float16/bfloat16) and optional ``rewards`` (n, float32). Metadata
-(safetensors' string→string header): ``step`` (integer as text) and optional ``lr`` (float as text),
-``sample_ids``, ``texts``, ``prompts`` (JSON lists of length n).
+Tensors: ``latents`` (n×d, float32/float16/bfloat16) and optional ``rewards`` (n, float32; float64, float16
+and bfloat16 are read too). Metadata (safetensors' string→string header): ``step`` (integer as text) and
+optional ``lr`` (positive float as text), ``sample_ids``, ``texts``, ``prompts`` (JSON lists of n strings).
+
+:func:`decode_step` refuses what is malformed (not safetensors, wrong tensor dtypes or shapes, metadata of
+the wrong type or length). :func:`check_strings` holds the rules a stored string must follow (valid
+UTF-8, no NUL, sample ids of at most :data:`MAX_SAMPLE_ID_CHARS` characters): the sidecar's ingest check
+(``monitor.processing.check_step``) and ``MonitorClient.observe`` both apply it, so that a step the
+databases would refuse is refused when it is sent, not when the worker stores its results.
 """
 
 from __future__ import annotations
@@ -20,7 +26,18 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-_LATENT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+#: dtypes of the ``latents`` tensor (the worker computes in float32 or float64 from these)
+LATENT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+#: dtypes of the ``rewards`` tensor: real floating point (the worker reads rewards as float64). Integer,
+#: complex and float8 rewards are refused rather than converted: send them as float32.
+REWARD_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+#: the metadata lists of strings (one entry per sample)
+STRING_FIELDS = ("sample_ids", "texts", "prompts")
+#: most characters of one sample id: the length of the databases' ``step_samples.sample_id`` column
+#: (VARCHAR(200); ``tests/test_ingest_validation.py`` checks that the two agree)
+MAX_SAMPLE_ID_CHARS = 200
+#: most characters per entry of each metadata list (None: no limit but the body size)
+MAX_CHARS: dict[str, int | None] = {"sample_ids": MAX_SAMPLE_ID_CHARS, "texts": None, "prompts": None}
 #: largest step number a run can store (the database's 32-bit signed integer column)
 MAX_STEP = 2_147_483_647
 
@@ -47,7 +64,7 @@ def encode_step(payload: StepPayload) -> bytes:
     meta = {"step": str(int(payload.step))}
     if payload.lr is not None:
         meta["lr"] = repr(float(payload.lr))
-    for name in ("sample_ids", "texts", "prompts"):
+    for name in STRING_FIELDS:
         value = getattr(payload, name)
         if value is not None:
             meta[name] = json.dumps(list(value))
@@ -78,15 +95,21 @@ def decode_step(data: bytes) -> StepPayload:
         except ValueError as exc:
             raise ValueError(f"metadata 'lr' must be a number, got {meta['lr']!r}") from exc
     lists: dict[str, list[str] | None] = {}
-    for name in ("sample_ids", "texts", "prompts"):
+    for name in STRING_FIELDS:
         if name in meta:
             try:
                 value = json.loads(meta[name])
             except json.JSONDecodeError as exc:
                 raise ValueError(f"metadata '{name}' must be a JSON list of strings") from exc
             if not isinstance(value, list):
-                raise ValueError(f"metadata '{name}' must be a JSON list of strings")
-            lists[name] = [str(v) for v in value]
+                raise ValueError(f"metadata '{name}' must be a JSON list of strings, got {type(value).__name__}")
+            wrong = next((i for i, v in enumerate(value) if not isinstance(v, str)), None)
+            if wrong is not None:
+                raise ValueError(
+                    f"metadata '{name}' must be a JSON list of strings; entry {wrong} is "
+                    f"{type(value[wrong]).__name__} ({json.dumps(value[wrong])[:40]})"
+                )
+            lists[name] = value
         else:
             lists[name] = None
     payload = StepPayload(
@@ -119,17 +142,65 @@ def payload_digest(p: StepPayload) -> str:
     return h.hexdigest()
 
 
+def check_strings(field: str, values: Sequence[str] | None, label: str | None = None) -> None:
+    """Raise ``ValueError`` unless every string of metadata list ``field`` (``sample_ids``, ``texts`` or
+    ``prompts``) can be stored by the worker in SQLite and PostgreSQL: encodable as UTF-8 (no lone
+    surrogate such as ``"\\ud800"``), no NUL character (PostgreSQL's text and JSON refuse it), and at most
+    ``MAX_CHARS[field]`` characters (sample ids: :data:`MAX_SAMPLE_ID_CHARS`). ``label`` is how the message
+    names the list (default ``metadata '<field>'``; ``MonitorClient.observe`` passes its argument's name).
+    The message names the first bad entry, says how many there are and what to change."""
+    if values is None:
+        return
+    label = label or f"metadata '{field}'"
+    limit = MAX_CHARS[field]
+    joined = "".join(values)
+    try:
+        joined.encode("utf-8")
+        bad_encoding = False
+    except UnicodeEncodeError:
+        bad_encoding = True
+    too_long = limit is not None and any(len(v) > limit for v in values)
+    if not (bad_encoding or too_long or "\x00" in joined):
+        return
+    problems: list[tuple[int, str]] = []
+    for i, v in enumerate(values):
+        if "\x00" in v:
+            problems.append((i, "contains a NUL character ('\\x00'), which PostgreSQL cannot store; remove it"))
+        elif limit is not None and len(v) > limit:
+            problems.append((i, f"has {len(v)} characters, more than the {limit} the database stores; shorten it"))
+        else:
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                problems.append(
+                    (
+                        i,
+                        f"is not valid UTF-8 (a lone surrogate {v[exc.start]!r} at character {exc.start}); "
+                        "send valid Unicode text",
+                    )
+                )
+    first, why = problems[0]
+    others = len(problems) - 1
+    more = f" (and {others} more {'entry' if others == 1 else 'entries'} like it)" if others else ""
+    raise ValueError(f"{label} entry {first} {why}{more}")
+
+
 def _check(p: StepPayload) -> None:
     if p.latents.ndim != 2:
         raise ValueError(f"'latents' must be 2-D (n×d), got shape {tuple(p.latents.shape)}")
-    if p.latents.dtype not in _LATENT_DTYPES:
+    if p.latents.dtype not in LATENT_DTYPES:
         raise ValueError(f"'latents' must be float32, float16 or bfloat16, got {p.latents.dtype}")
     n = p.latents.shape[0]
+    if p.rewards is not None and p.rewards.dtype not in REWARD_DTYPES:
+        raise ValueError(
+            f"'rewards' must be real floating point (float32, float64, float16 or bfloat16), got "
+            f"{p.rewards.dtype}; send them as float32"
+        )
     if p.rewards is not None and tuple(p.rewards.shape) != (n,):
         raise ValueError(f"'rewards' must have shape ({n},) to match the latents, got {tuple(p.rewards.shape)}")
     if p.lr is not None and not (math.isfinite(p.lr) and p.lr > 0):
         raise ValueError(f"'lr' must be a positive finite number, got {p.lr}")
-    for name in ("sample_ids", "texts", "prompts"):
+    for name in STRING_FIELDS:
         value: Sequence[str] | None = getattr(p, name)
         if value is not None and len(value) != n:
             raise ValueError(f"metadata '{name}' has {len(value)} entries for {n} latents; pass one per sample")

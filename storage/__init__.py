@@ -11,8 +11,10 @@ Modules (everything public is re-exported here; import from ``storage``):
 * :mod:`storage.db` — engines, sessions, schema migrations and checks.
 * :mod:`storage.models` — the SQLAlchemy models; :mod:`storage.types` — their portable column types.
 * :mod:`storage.runs` — create, list and look up runs.
-* :mod:`storage.steps` — the step lifecycle (ingest, claim, complete, fail), run state, retention; its
-  docstring holds the transaction rules and the step-processing order.
+* :mod:`storage.steps` — the step lifecycle (ingest, complete, fail), run state; its docstring holds the
+  transaction rules, the step-processing order and the claim rules (heartbeats, crash recovery, fencing).
+* :mod:`storage.claims` — claim the next step, keep the claim alive (heartbeat), take back dead claims.
+* :mod:`storage.payloads` — the raw step payloads, in their own table: read, list, retention purge.
 * :mod:`storage.reads` — metrics history and a step's samples, for charts and review pages.
 * :mod:`storage.alerts` — alerts and their reviews.
 * :mod:`storage.errors` — the exceptions raised by the functions above.
@@ -31,6 +33,7 @@ from .alerts import (
     open_alert_counts,
     review_alert,
 )
+from .claims import DEFAULT_CLAIM_TIMEOUT_S, Claim, claim_next_step, heartbeat_step
 from .db import (
     DEFAULT_DATABASE_URL,
     SchemaError,
@@ -41,15 +44,15 @@ from .db import (
     session_factory,
     upgrade,
 )
-from .errors import LostClaim, NotFound, StepConflict
-from .models import Alert, Base, Review, Run, RunState, Step, StepSample
+from .errors import LostClaim, NotFound, StepConflict, StepTooLate
+from .models import Alert, Base, Review, Run, RunState, Step, StepBlob, StepSample
+from .payloads import load_payload, payload_steps, purge_payloads
 from .reads import first_processed_step, metrics, sample_count, sample_points, samples_at, step_samples
 from .runs import get_or_create_run, get_run, get_run_by_name, list_runs
 from .state_codec import decode_state, encode_state
 from .steps import (
     STEP_STATUSES,
     StoredState,
-    claim_next_step,
     complete_step,
     counts,
     fail_step,
@@ -57,17 +60,18 @@ from .steps import (
     ingest_step,
     list_steps,
     load_run_state,
-    purge_payloads,
     step_status_counts,
 )
 
 __all__ = [
     "ALERT_STATUSES",
+    "DEFAULT_CLAIM_TIMEOUT_S",
     "DEFAULT_DATABASE_URL",
     "REVIEW_DECISIONS",
     "STEP_STATUSES",
     "Alert",
     "Base",
+    "Claim",
     "LostClaim",
     "NotFound",
     "Review",
@@ -75,8 +79,10 @@ __all__ = [
     "RunState",
     "SchemaError",
     "Step",
+    "StepBlob",
     "StepConflict",
     "StepSample",
+    "StepTooLate",
     "StoredState",
     "check_schema",
     "claim_next_step",
@@ -93,15 +99,18 @@ __all__ = [
     "get_run_by_name",
     "get_step",
     "head_revision",
+    "heartbeat_step",
     "ingest_step",
     "list_alerts",
     "list_reviews",
     "list_runs",
     "list_steps",
+    "load_payload",
     "load_run_state",
     "make_engine",
     "metrics",
     "open_alert_counts",
+    "payload_steps",
     "purge_payloads",
     "review_alert",
     "sample_count",

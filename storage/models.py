@@ -1,4 +1,4 @@
-"""SQLAlchemy 2.x typed models: runs, steps, step samples, alerts, reviews and the per-run monitor state.
+"""SQLAlchemy 2.x typed models: runs, steps, step payloads, step samples, alerts, reviews and the run state.
 
 The schema itself is created by the Alembic migrations in ``storage/migrations`` (never by
 ``Base.metadata.create_all`` in production); ``tests/test_storage.py`` checks that the two agree.
@@ -47,18 +47,31 @@ class Run(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     D0: Mapped[float | None] = mapped_column("d0", Float, nullable=True)
     steps_received: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: steps ``done`` (kept in the same transaction as the step's status, like the two counters around it)
     steps_processed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: steps ``failed``; so pending + processing = received − processed − failed, without counting steps
+    steps_failed: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     last_step_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: the run's latest ``done`` step and its scalars (written with it): ``/metrics`` reads no step row
+    latest_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    latest_scalars: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON, nullable=True)
 
 
 class Step(Base):
-    """One received training step: its raw payload (until the retention purge) and, once done, scalars."""
+    """One received training step: its status, claim and, once done, scalars. Narrow on purpose: the raw
+    payload lives in :class:`StepBlob` (``step_payloads``), so no scan of ``steps`` ever reads a blob.
+
+    A claim is ``(claimed_by, attempts)``; the claiming worker refreshes ``heartbeat_at`` while it works
+    (see :mod:`storage.steps` for the rules).
+    """
 
     __tablename__ = "steps"
     __table_args__ = (
         UniqueConstraint("run_id", "step", name="uq_steps_run_step"),
         Index("ix_steps_run_status_step", "run_id", "status", "step"),
         Index("ix_steps_status_received", "status", "received_at"),
+        # the latest processed steps' claim-to-done times without a table scan (``/metrics``)
+        Index("ix_steps_status_processed", "status", "processed_at", "claimed_at"),
         CheckConstraint("status IN ('pending', 'processing', 'done', 'failed')", name="ck_steps_status"),
     )
 
@@ -66,18 +79,37 @@ class Step(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", name="fk_steps_run_id"))
     step: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16), default="pending")
-    payload: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
     payload_sha256: Mapped[str] = mapped_column(String(64))
     n: Mapped[int] = mapped_column(Integer)
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     claimed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     processed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     scalars: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON, nullable=True)
     #: the streaming detector flagged this step (a detected transition); None during the warm-up
     transition: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+
+
+class StepBlob(Base):
+    """The raw payload of a received step (``monitor.stepfile`` bytes), kept out of the ``steps`` rows.
+
+    Written with its step at ingest, read by the worker that claims the step, deleted by the retention
+    purge (:func:`storage.purge_payloads`) and with its step (``ON DELETE CASCADE``).
+    """
+
+    __tablename__ = "step_payloads"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["run_id", "step"], ["steps.run_id", "steps.step"], name="fk_step_payloads_step", ondelete="CASCADE"
+        ),
+    )
+
+    run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
 
 
 class StepSample(Base):
@@ -116,6 +148,7 @@ class Alert(Base):
         ForeignKeyConstraint(["run_id", "step"], ["steps.run_id", "steps.step"], name="fk_alerts_step"),
         Index("ix_alerts_run_status", "run_id", "status", "id"),
         Index("ix_alerts_status", "status", "id"),
+        Index("ix_alerts_type", "type"),  # alert counts by type from the index alone (``/metrics``)
         CheckConstraint("status IN ('open', 'acknowledged', 'confirmed', 'dismissed')", name="ck_alerts_status"),
     )
 

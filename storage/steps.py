@@ -1,30 +1,57 @@
-"""The step lifecycle: receive a step, claim it, write its results (or its failure) and the run's monitor state.
+"""The step lifecycle: receive a step, claim it, keep the claim alive, write its results (or its failure) and
+the run's monitor state.
 
-Holds :func:`ingest_step` (API side), :func:`claim_next_step`, :func:`complete_step`, :func:`fail_step` and
-:func:`load_run_state` (worker side), step reads (:func:`get_step`, :func:`list_steps`,
-:func:`step_status_counts`) and upkeep (:func:`purge_payloads`, :func:`counts`).
+Holds :func:`ingest_step` (API side), :func:`complete_step`, :func:`fail_step` and :func:`load_run_state`
+(worker side), step reads (:func:`get_step`, :func:`list_steps`, :func:`step_status_counts`) and
+:func:`counts`. Claiming is :mod:`storage.claims` (:func:`~storage.claims.claim_next_step`,
+:func:`~storage.claims.heartbeat_step`), under the rules below. The raw payloads live in their own table
+(``step_payloads``; :mod:`storage.payloads` reads, lists and purges them), so no scan of ``steps`` reads a blob.
 
 Transactions: every function that writes commits its own unit of work before returning, and rolls back
 (leaving nothing written) when it raises — do not wrap them in ``with session.begin():``. Read functions
 do not commit. On SQLite, writes open their transaction with ``BEGIN IMMEDIATE`` (a read-only transaction
 left open by earlier reads on the session is committed first), so concurrent writers queue on SQLite's
 single write lock instead of failing with "database is locked". (The same rules hold for the writes in
-:mod:`storage.runs` and :mod:`storage.alerts`.)
+:mod:`storage.runs`, :mod:`storage.payloads` and :mod:`storage.alerts`.)
 
-Step processing order (the rule :func:`claim_next_step` implements):
+Counters: the run's ``steps_received``, ``steps_processed`` (``done``) and ``steps_failed`` change in the
+same transaction as the step's status, and ``latest_step`` / ``latest_scalars`` with its latest ``done``
+step, so that a reader (``/metrics``) learns the per-status counts and the latest observables from one
+row per run: pending + processing = received − processed − failed.
+
+Step processing order (the rule :func:`storage.claims.claim_next_step` implements):
 
 * The steps of one run are processed one at a time, in increasing step number **among the steps received
   so far**: a pending step is claimable only if no other step of its run is ``processing`` and no pending
   step of its run has a smaller number. A step never waits for a step that has not been received (a client
   may skip or lose steps).
-* A step that arrives after a later step of its run was already processed (its number is below the run's
-  largest ``done`` step) cannot be fed to the monitor, whose state only moves forward
-  (``RLHFMonitor.observe`` requires increasing steps): it is marked ``failed`` with the error
-  ``"arrived after step N was processed"`` when a worker reaches it, and the run's state is untouched.
+* A step that arrives after a later step of its run was already claimed or processed cannot be fed to the
+  monitor, whose state only moves forward (``RLHFMonitor.observe`` requires increasing steps): ingest
+  refuses it (:class:`StepTooLate`, HTTP 409), so an accepted step is always processed. Ingest and claims
+  both take the run's row lock (``SELECT … FOR UPDATE`` on PostgreSQL; SQLite's write lock), and a claim
+  re-checks its step under it, so neither can overtake the other. A step that got in anyway (received
+  before this check existed) is marked ``failed`` with the error ``"arrived after step N was processed"``
+  when a worker reaches it, and the run's state is untouched.
 * Across runs, the oldest received claimable step goes first.
-* A step left ``processing`` longer than ``stale_after_s`` (its worker died) goes back to ``pending``;
-  after ``max_attempts`` claims it is marked ``failed``. The dead worker's late :func:`complete_step` or
-  :func:`fail_step` is refused (:class:`LostClaim`), so a step's results are written once.
+
+Claims, heartbeats and crash recovery:
+
+* A claim is the pair ``(claimed_by, attempts)`` (:class:`storage.claims.Claim`): claiming sets the step ``processing``,
+  ``claimed_by`` to the worker's id, ``claimed_at`` and ``heartbeat_at`` to now, and counts one more
+  attempt. While it works on the step, the worker refreshes ``heartbeat_at`` (``heartbeat_step``, every
+  ``claim_timeout_s / 5`` from a small thread of ``monitor.processing.StepProcessor``).
+* A ``processing`` step is taken back (``pending`` again, first in its run's line) by the next claim when
+  its heartbeat is older than ``claim_timeout_s`` (its worker died: killed, out of memory, its machine or
+  its database connection gone; recovery in seconds), or when it was claimed longer than
+  ``stale_after_s`` ago (a worker hung with its heartbeat thread still beating). After ``max_attempts``
+  claims it is marked ``failed`` instead.
+* Fencing: :func:`complete_step`, :func:`fail_step` and ``heartbeat_step`` write only while the step
+  is still ``processing`` under the same claim (worker id **and** attempt number). A worker that lost its
+  claim (taken for dead, then back) gets :class:`LostClaim` / False and writes nothing, so a step's results
+  are written exactly once, and in its run's order.
+* Times are those of the writing process. Replicas on several machines need clocks in step to well under
+  ``claim_timeout_s`` (NTP does that); a clock ahead by more only makes a live worker's step be computed
+  twice (the second result is fenced off), never written twice.
 """
 
 from __future__ import annotations
@@ -32,17 +59,19 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import and_, exists, func, insert, or_, select, update
-from sqlalchemy.orm import Session, aliased, undefer
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
-from .errors import LostClaim, NotFound, StepConflict
+from .claims import Claim, claim_of, count_failed, fence
+from .errors import LostClaim, NotFound, StepConflict, StepTooLate
 from .models import STEP_STATUS_VALUES, Base, Run, RunState, Step
 from .sql import (
     ALERTS_TABLE,
+    PAYLOADS_TABLE,
     RUNS_TABLE,
     SAMPLES_TABLE,
     STATES_TABLE,
@@ -90,11 +119,13 @@ class StoredState:
 def ingest_step(
     session: Session, run: Run | int, step: int, payload: bytes, n: int, digest: str | None = None
 ) -> Literal["queued", "duplicate"]:
-    """Store a received step as ``pending``; idempotent on (run, step).
+    """Store a received step as ``pending`` (its payload in ``step_payloads``); idempotent on (run, step).
 
     Returns ``"queued"`` for a new step (the run's ``steps_received`` goes up by one), ``"duplicate"`` when
     the same content was already received (nothing is written). Raises :class:`StepConflict` when different
-    content was received for this (run, step), :class:`NotFound` for an unknown run id. The content is
+    content was received for this (run, step), :class:`StepTooLate` (a ``StepConflict``) when a later step of
+    the run is already ``processing`` or ``done`` (the step could never be processed), :class:`NotFound` for
+    an unknown run id. The content is
     identified by ``digest`` (the API passes ``monitor.stepfile.payload_digest``, which does not depend on
     the encoding's metadata order), else by the sha256 of the bytes.
     """
@@ -103,16 +134,29 @@ def ingest_step(
     now = utcnow()
     begin_write(session)
     try:
-        if session.scalar(select(Run.id).where(Run.id == run_id)) is None:
+        # the run's row lock orders this against claims of the run's steps (claims take it too): a step
+        # is refused here, or the claim that would overtake it sees it pending
+        if session.scalar(select(Run.id).where(Run.id == run_id).with_for_update()) is None:
             raise NotFound(f"run {run_id} does not exist; create it first (POST /v1/runs)")
-        inserted = insert_ignore(
+        existing = session.scalar(select(Step.payload_sha256).where(Step.run_id == run_id, Step.step == int(step)))
+        if existing is None:
+            overtaken = session.scalar(
+                select(func.max(Step.step)).where(
+                    Step.run_id == run_id, Step.step > int(step), Step.status.in_(("processing", "done"))
+                )
+            )
+            if overtaken is not None:
+                raise StepTooLate(
+                    f"step {step} of run {run_id} arrived after step {overtaken} was processed; the monitor's "
+                    "state only moves forward, so send a run's steps in increasing order"
+                )
+        inserted = existing is None and insert_ignore(
             session,
             STEPS_TABLE,
             {
                 "run_id": run_id,
                 "step": int(step),
                 "status": "pending",
-                "payload": payload,
                 "payload_sha256": sha,
                 "n": int(n),
                 "received_at": now,
@@ -121,6 +165,7 @@ def ingest_step(
             ["run_id", "step"],
         )
         if inserted:
+            session.execute(insert(PAYLOADS_TABLE).values(run_id=run_id, step=int(step), payload=payload))
             received = session.execute(
                 update(RUNS_TABLE)
                 .where(RUNS_TABLE.c.id == run_id)
@@ -132,7 +177,8 @@ def ingest_step(
                 set_committed_value(run, "steps_received", received)
                 set_committed_value(run, "last_step_at", now)
             return "queued"
-        existing = session.scalar(select(Step.payload_sha256).where(Step.run_id == run_id, Step.step == int(step)))
+        if existing is None:  # inserted meanwhile by a concurrent request
+            existing = session.scalar(select(Step.payload_sha256).where(Step.run_id == run_id, Step.step == int(step)))
         session.rollback()
     except BaseException:
         session.rollback()
@@ -146,7 +192,7 @@ def ingest_step(
 
 
 def get_step(session: Session, run_id: int, step: int) -> Step | None:
-    """The step row (payload not loaded until accessed), or None."""
+    """The step row (no payload: :func:`storage.load_payload`), or None."""
     stmt = select(Step).where(Step.run_id == run_id, Step.step == step)
     return session.scalars(stmt.execution_options(populate_existing=True)).one_or_none()
 
@@ -154,7 +200,7 @@ def get_step(session: Session, run_id: int, step: int) -> Step | None:
 def list_steps(
     session: Session, run_id: int, status: str | None = None, limit: int = 100, offset: int = 0
 ) -> list[Step]:
-    """Steps of a run by step number (payloads not loaded), optionally of one status."""
+    """Steps of a run by step number (no payloads), optionally of one status."""
     if status is not None and status not in STEP_STATUSES:
         raise ValueError(f"status must be one of {list(STEP_STATUSES)}, got {status!r}")
     stmt = select(Step).where(Step.run_id == run_id)
@@ -165,7 +211,10 @@ def list_steps(
 
 
 def step_status_counts(session: Session, run_id: int | None = None) -> dict[str, int]:
-    """Number of steps per status (all of them present, zeros included), for one run or all runs."""
+    """Number of steps per status (all of them present, zeros included), for one run or all runs.
+
+    Counts the step rows (an index scan); ``/metrics`` reads the runs' counters instead.
+    """
     stmt = select(Step.status, func.count()).group_by(Step.status)
     if run_id is not None:
         stmt = stmt.where(Step.run_id == run_id)
@@ -173,81 +222,7 @@ def step_status_counts(session: Session, run_id: int | None = None) -> dict[str,
     return {status: found.get(status, 0) for status in STEP_STATUSES}
 
 
-def _reclaim_stale(session: Session, now: datetime, stale_after_s: float, max_attempts: int) -> None:
-    cutoff = now - timedelta(seconds=stale_after_s)
-    stale = and_(STEPS_TABLE.c.status == "processing", STEPS_TABLE.c.claimed_at < cutoff)
-    session.execute(
-        update(STEPS_TABLE)
-        .where(stale, STEPS_TABLE.c.attempts >= max_attempts)
-        .values(
-            status="failed",
-            processed_at=now,
-            error=f"gave up after {max_attempts} claims: the worker died or timed out each time",
-        )
-    )
-    session.execute(update(STEPS_TABLE).where(stale).values(status="pending", claimed_by=None, claimed_at=None))
-
-
-def claim_next_step(
-    session: Session, worker_id: str, stale_after_s: float = 600.0, max_attempts: int = 3
-) -> Step | None:
-    """Claim the next step to process (status ``processing``, ``claimed_by=worker_id``), or None.
-
-    See the module docstring for the order. PostgreSQL: ``SELECT … FOR UPDATE SKIP LOCKED`` lets several
-    replicas claim concurrently; SQLite: the claim runs under the database's write lock. The returned
-    step has its payload loaded and is committed as claimed.
-    """
-    now = utcnow()
-    other = aliased(Step)
-    blocked = exists().where(
-        other.run_id == Step.run_id,
-        or_(other.status == "processing", and_(other.status == "pending", other.step < Step.step)),
-    )
-    candidate = (
-        select(Step)
-        .options(undefer(Step.payload))
-        .where(Step.status == "pending", ~blocked)
-        .order_by(Step.received_at, Step.id)
-        .limit(1)
-        .with_for_update(skip_locked=True, of=Step)
-        .execution_options(populate_existing=True)
-    )
-    begin_write(session)
-    try:
-        _reclaim_stale(session, now, stale_after_s, max_attempts)
-        while True:
-            row = session.scalars(candidate).one_or_none()
-            if row is None:
-                session.commit()
-                return None
-            last_done = session.scalar(
-                select(func.max(Step.step)).where(Step.run_id == row.run_id, Step.status == "done")
-            )
-            if last_done is not None and row.step < last_done:
-                row.status = "failed"
-                row.error = f"arrived after step {last_done} was processed"
-                row.processed_at = now
-                session.flush()
-                continue
-            row.status = "processing"
-            row.claimed_by = worker_id
-            row.claimed_at = now
-            row.attempts = row.attempts + 1
-            session.commit()
-            return row
-    except BaseException:
-        session.rollback()
-        raise
-
-
-def _fence(step_row: Step) -> Any:
-    return and_(
-        STEPS_TABLE.c.id == step_row.id,
-        STEPS_TABLE.c.status == "processing",
-        STEPS_TABLE.c.claimed_by == step_row.claimed_by,
-    )
-
-
+# ---------------------------------------------------------------------------------------------- results
 def complete_step(
     session: Session,
     step_row: Step,
@@ -259,6 +234,7 @@ def complete_step(
     D0: float | None = None,
     rescaled: Sequence[tuple[int, dict[str, float]]] = (),
     transition: bool | None = None,
+    claim: Claim | None = None,
 ) -> None:
     """Write a processed step's results in ONE transaction (all or nothing).
 
@@ -275,23 +251,26 @@ def complete_step(
         rescaled: ``(step, scalars)`` of earlier (warm-up) steps of this run whose stored scalars are
             replaced, in the same transaction (``StepReport.recalibrated`` when D₀ was just calibrated).
         transition: the streaming detector flagged this step (None: no verdict, e.g. during the warm-up).
+        claim: the claim to fence on (default: the one ``step_row`` holds).
 
-    Raises :class:`LostClaim` (nothing written) when the step was reclaimed from this worker.
+    The run's ``steps_processed``, ``latest_step`` and ``latest_scalars`` are updated with it. Raises
+    :class:`LostClaim` (nothing written) when the step was reclaimed from this worker.
     """
     now = utcnow()
-    run_id, step = step_row.run_id, step_row.step
+    token = claim if claim is not None else Claim.of(step_row)
+    run_id, step = token.run_id, token.step
     clean_scalars = finite_json(scalars)
     begin_write(session)
     try:
         done = session.execute(
             update(STEPS_TABLE)
-            .where(_fence(step_row))
+            .where(fence(token))
             .values(status="done", processed_at=now, scalars=clean_scalars, error=None, transition=transition)
         )
         if rowcount(done) != 1:
             raise LostClaim(
-                f"step {step} of run {run_id} is no longer claimed by {step_row.claimed_by!r}; "
-                "another worker took it over"
+                f"step {step} of run {run_id} is no longer claimed by {token.worker_id!r} "
+                f"(attempt {token.attempt}); another worker took it over"
             )
         rows = []
         for sample in samples:
@@ -335,6 +314,7 @@ def complete_step(
         updated = session.execute(update(STATES_TABLE).where(STATES_TABLE.c.run_id == run_id).values(**state_values))
         if rowcount(updated) == 0:
             session.execute(insert(STATES_TABLE).values(run_id=run_id, **state_values))
+        latest_scalars = clean_scalars
         for earlier_step, earlier_scalars in rescaled:
             session.execute(
                 update(STEPS_TABLE)
@@ -345,7 +325,14 @@ def complete_step(
                 )
                 .values(scalars=finite_json(earlier_scalars))
             )
-        run_values: dict[str, Any] = {"steps_processed": RUNS_TABLE.c.steps_processed + 1}
+            if int(earlier_step) == step:  # the calibrating step itself, rescaled: what its row now holds
+                latest_scalars = finite_json(earlier_scalars)
+        # steps of a run are done in increasing order (a late step is failed), so this is the latest one
+        run_values: dict[str, Any] = {
+            "steps_processed": RUNS_TABLE.c.steps_processed + 1,
+            "latest_step": step,
+            "latest_scalars": latest_scalars,
+        }
         if D0 is not None:
             run_values["d0"] = float_or_none(D0)
         session.execute(update(RUNS_TABLE).where(RUNS_TABLE.c.id == run_id).values(**run_values))
@@ -363,21 +350,28 @@ def complete_step(
         set_committed_value(step_row, key, value)
 
 
-def fail_step(session: Session, step_row: Step, error: str) -> bool:
-    """Mark a claimed step ``failed`` with ``error``; False (nothing written) if the claim was lost."""
+def fail_step(session: Session, step_row: Step | Claim, error: str) -> bool:
+    """Mark a claimed step ``failed`` with ``error``; False (nothing written) if the claim was lost.
+
+    Pass the :class:`Claim` taken at claim time when the session was rolled back since (a rollback
+    expires ``step_row``, and reloading it would read whichever claim the database holds now).
+    """
     now = utcnow()
+    token = claim_of(step_row)
     message = str(error)[:MAX_ERROR_CHARS]
     begin_write(session)
     try:
         result = session.execute(
-            update(STEPS_TABLE).where(_fence(step_row)).values(status="failed", processed_at=now, error=message)
+            update(STEPS_TABLE).where(fence(token)).values(status="failed", processed_at=now, error=message)
         )
         ok = rowcount(result) == 1
+        if ok:
+            count_failed(session, [token.run_id])
         session.commit()
     except BaseException:
         session.rollback()
         raise
-    if ok:
+    if ok and isinstance(step_row, Step):
         for key, value in (("status", "failed"), ("processed_at", now), ("error", message)):
             set_committed_value(step_row, key, value)
     return ok
@@ -398,47 +392,6 @@ def load_run_state(session: Session, run_id: int) -> StoredState | None:
 
 
 # ---------------------------------------------------------------------------------------------- upkeep
-def purge_payloads(session: Session, keep_last_steps: int) -> int:
-    """Retention: drop the raw payload of processed (done or failed) steps older than each run's last
-    ``keep_last_steps`` processed steps; returns how many payloads were dropped.
-
-    The step rows, their sha256 (so retries are still recognised as duplicates), scalars and samples stay.
-    Pending and processing steps are never touched.
-    """
-    if keep_last_steps < 0:
-        raise ValueError(f"keep_last_steps must be >= 0, got {keep_last_steps}")
-    finished = Step.status.in_(("done", "failed"))
-    purged = 0
-    begin_write(session)
-    try:
-        for run_id in list(session.scalars(select(Run.id).order_by(Run.id))):
-            threshold = session.scalar(
-                select(Step.step)
-                .where(Step.run_id == run_id, finished)
-                .order_by(Step.step.desc())
-                .offset(keep_last_steps)
-                .limit(1)
-            )
-            if threshold is None:
-                continue
-            result = session.execute(
-                update(STEPS_TABLE)
-                .where(
-                    STEPS_TABLE.c.run_id == run_id,
-                    STEPS_TABLE.c.status.in_(("done", "failed")),
-                    STEPS_TABLE.c.step <= threshold,
-                    STEPS_TABLE.c.payload.is_not(None),
-                )
-                .values(payload=None)
-            )
-            purged += rowcount(result)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
-    return purged
-
-
 def counts(session: Session) -> dict[str, int]:
     """Row count of every fpmon table (tests use it to assert that nothing was written)."""
     return {

@@ -29,11 +29,12 @@ def assert_same_scalars(rows: list[dict], expected: dict[int, dict[str, float]])
 
 def test_sigkill_mid_run_loses_no_step_and_continues_identically(tmp_path: Path) -> None:
     """The sidecar is SIGKILLed while steps are queued and being processed, then restarted: every accepted
-    step is processed once, and the observables equal those of an uninterrupted in-process run."""
+    step is processed once, and the observables equal those of an uninterrupted in-process run. A step the
+    killed worker held is taken over once its heartbeat is ``claim_timeout_s`` (5 s) old."""
     url = f"sqlite:///{tmp_path / 'fpmon.db'}"
     storage.upgrade(url)
     payloads = [step_payload(s, seed=3, onset=25) for s in range(36)]
-    server = ServerProcess(url, tmp_path / "server.log", FPMON_CLAIM_STALE_S="1").start()
+    server = ServerProcess(url, tmp_path / "server.log").start()
     try:
         with httpx.Client(base_url=server.url, timeout=10) as client:
             run_id = client.post("/v1/runs", json={"name": "killed", "latent_dim": 32}).json()["run_id"]
@@ -41,7 +42,7 @@ def test_sigkill_mid_run_loses_no_step_and_continues_identically(tmp_path: Path)
                 assert client.post(f"/v1/runs/{run_id}/steps", content=payloads[s], headers=OCTET).status_code == 202
             wait_processed(client, run_id, 12)
         server.kill()  # mid-run: steps 12…23 accepted, some processed, one possibly claimed
-        server = ServerProcess(url, tmp_path / "server.log", FPMON_CLAIM_STALE_S="1").start()
+        server = ServerProcess(url, tmp_path / "server.log").start()
         with httpx.Client(base_url=server.url, timeout=10) as client:
             for s in range(20, 36):  # the client retries what it is unsure of, then goes on
                 resp = client.post(f"/v1/runs/{run_id}/steps", content=payloads[s], headers=OCTET)

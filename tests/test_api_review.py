@@ -6,14 +6,14 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import torch
 from api_helpers import step_payload
 from fastapi.testclient import TestClient
-from sqlalchemy import inspect, update
+from sqlalchemy import inspect, text, update
 
 import storage
 from api.main import create_app
@@ -211,12 +211,16 @@ def test_migration_0002_adds_nullable_columns_to_existing_rows(database_url: str
     engine = storage.make_engine(database_url)
     try:
         assert storage.upgrade(engine, "0001_initial") == "0001_initial"
-        with storage.session_factory(engine)() as session:
-            storage.get_or_create_run(session, "old", 4)
-        assert storage.upgrade(engine) == storage.head_revision() == "0002_review_page"
+        with engine.begin() as conn:  # a row as 0001 wrote it (today's ORM knows columns 0001 lacks)
+            conn.execute(
+                text("INSERT INTO runs (name, latent_dim, config, created_at) VALUES ('old', 4, '{}', :now)"),
+                {"now": datetime.now(UTC)},
+            )
+        assert storage.upgrade(engine, "0002_review_page") == "0002_review_page"
         columns = {c["name"]: c for c in inspect(engine).get_columns("step_samples")}
         assert {"x", "y", "prompt"} <= set(columns) and all(columns[c]["nullable"] for c in ("x", "y", "prompt"))
         assert inspect(engine).get_columns("steps")[-1]["name"] == "transition"
+        assert storage.upgrade(engine) == storage.head_revision()  # and on to head, with the row
         with storage.session_factory(engine)() as session:
             assert storage.get_run_by_name(session, "old") is not None
     finally:

@@ -50,6 +50,37 @@ def test_step_payload_errors_say_what_to_fix() -> None:
         encode_step(StepPayload(step=1, latents=torch.zeros(4, 3, dtype=torch.int64)))
 
 
+def test_step_payload_rewards_dtypes_and_string_lists() -> None:
+    """Rewards are real floating point (read as sent, written as float32); metadata lists hold strings only."""
+    from safetensors.torch import save as st_save
+
+    z = torch.randn(4, 3)
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        body = st_save({"latents": z, "rewards": torch.arange(4).to(dtype)}, metadata={"step": "1"})
+        assert decode_step(body).rewards.dtype == dtype
+        assert decode_step(encode_step(decode_step(body))).rewards.dtype == torch.float32
+    for dtype in (torch.complex64, torch.float8_e4m3fn, torch.float8_e5m2, torch.int64, torch.int32, torch.bool):
+        body = st_save({"latents": z, "rewards": torch.ones(4).to(dtype)}, metadata={"step": "1"})
+        with pytest.raises(ValueError, match=f"'rewards' must be real floating point .*got {dtype}; send them as"):
+            decode_step(body)
+    with pytest.raises(ValueError, match="'rewards' must be real floating point"):
+        encode_step(StepPayload(step=1, latents=z, rewards=torch.ones(4, dtype=torch.complex64)))
+    for value, message in (
+        ([1, 2, 3, 4], "entry 0 is int"),
+        (["a", None, "c", "d"], "entry 1 is NoneType"),
+        (["a", "b", ["c"], "d"], "entry 2 is list"),
+        ({"a": 1}, ", got dict"),
+        ("a string", ", got str"),
+    ):
+        body = st_save({"latents": z}, metadata={"step": "1", "texts": json.dumps(value)})
+        with pytest.raises(ValueError, match=f"metadata 'texts' must be a JSON list of strings.*{message}"):
+            decode_step(body)
+    # strings the databases refuse are well-formed: the wire format carries them, the ingest check refuses them
+    odd = ["\ud800", "a\x00", "x" * 300, "🦀"]
+    back = decode_step(encode_step(StepPayload(step=1, latents=z, texts=odd, sample_ids=odd, prompts=odd)))
+    assert back.texts == back.sample_ids == back.prompts == odd
+
+
 def test_demo_detects_the_known_transition_without_false_alarms() -> None:
     """A shortened `make demo`: the alert comes within 3 steps of the transition, none before it."""
     result = run_demo(n=128, latent_dim=64, n_steps=36, transition_step=25, progress=False)

@@ -3,7 +3,8 @@
 * the compose files: every mounted or built path exists, every ``FPMON_*`` variable is a real setting, the
   sidecar's port, its database URL against the postgres service, Prometheus' scrape target;
 * the Grafana dashboard: every metric (and grouping label, and observable name) it queries is exported by
-  the running app's ``/metrics``;
+  the running app's ``/metrics``; the values ``/metrics`` exports (live, and at 5,000 stored steps against
+  the queries it used before issue 12); ``FPMON_METRICS_TOKEN``;
 * the Grafana provisioning: the datasource uid and the dashboard folder agree with the dashboard and compose;
 * the Dockerfile and its entrypoint: the port, the CPU torch wheel, a non-root user, migrations before serve.
 """
@@ -14,6 +15,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -308,6 +310,72 @@ def test_dashboard_queries_only_exported_metrics(exposition: str) -> None:
         for observable in re.findall(r'\bname\s*=\s*"([^"]+)"', query):
             assert observable in EXPORTED_OBSERVABLES, f"{query}: {observable} is not exported"
             assert f'name="{observable}"' in exposition, f"no fpmon_observable sample for {observable}"
+
+
+def test_live_metrics_follow_the_steps(exposition: str) -> None:
+    """The counters, queue depth and latest observables of the exposition fixture's run (three steps processed,
+    none failed or queued), read from the run row rather than from the steps."""
+    values = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+    }
+    assert values["fpmon_steps_processed_total", ()] == 3
+    assert values["fpmon_steps_failed_total", ()] == 0
+    assert values["fpmon_queue_depth", ()] == 0
+    observed = {dict(labels)["name"] for name, labels in values if name == "fpmon_observable"}
+    assert observed == set(EXPORTED_OBSERVABLES)
+    assert {dict(labels)["quantile"] for name, labels in values if name == "fpmon_processing_latency_seconds"} == {
+        "0.5",
+        "0.9",
+        "0.99",
+    }
+
+
+def test_metrics_at_5000_steps_export_what_the_old_queries_did(database_url: str) -> None:
+    """``benchmarks/bench_metrics.py`` reduced to 5,000 steps (values, not times): a database filled under
+    revision 0002 (payloads inline), scraped with the old queries, migrated to head (0003 back-fills the run
+    counters), scraped with the new collector and through ``GET /metrics``: the same values."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks import bench_metrics
+
+    storage.upgrade(database_url, bench_metrics.OLD_REVISION)
+    engine = storage.make_engine(database_url)
+    try:
+        written = bench_metrics.fill_old_schema(engine, 5000, runs=7, payload_bytes=256, real_payload_steps=2)
+        before = bench_metrics.old_collect(engine)
+        storage.upgrade(engine)
+        after = bench_metrics.new_collect(engine)
+        assert bench_metrics.differences(before, after) == []
+        assert after["fpmon_steps_processed_total", ()] == written["done"]
+        assert after["fpmon_steps_failed_total", ()] == written["failed"] > 0
+        assert after["fpmon_queue_depth", ()] == written["pending"] + written["processing"] == 7 * 4
+        assert sum(v for (name, _), v in after.items() if name == "fpmon_alerts_total") == written["alerts"] > 0
+        assert len({labels for name, labels in after if name == "fpmon_observable"}) == 7 * len(EXPORTED_OBSERVABLES)
+        exported = bench_metrics.http_scrape(database_url)()
+        http = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(exported)
+            for sample in family.samples
+        }
+        assert {key: http[key] for key in after} == after
+    finally:
+        engine.dispose()
+
+
+def test_metrics_token_guards_metrics_when_set(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fpmon.db'}"
+    storage.upgrade(url)
+    app = create_app(Settings(database_url=url, metrics_token="scrape-me"), start_workers=False)
+    with TestClient(app) as client:
+        assert client.get("/metrics").status_code == 401
+        wrong = client.get("/metrics", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+        ok = client.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+        assert ok.status_code == 200
+        assert 'fpmon_requests_rejected_total{reason="auth"} 2.0' in ok.text
+        assert client.get("/healthz").status_code == 200  # only /metrics is guarded by it
 
 
 # ------------------------------------------------------------------------------------------ grafana

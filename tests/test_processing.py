@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 import torch
 from api_helpers import D, step_payload
 from fastapi.testclient import TestClient
+from safetensors.torch import save as st_save
 
 import storage
 from api.main import create_app
@@ -135,6 +137,14 @@ def bad_payloads() -> dict[str, tuple[bytes, int]]:
     good = decode_step(step_payload(0, seed=5, n=8))
     nan = good.latents.clone()
     nan[1, 2] = float("nan")
+    texts, ids = good.texts or [], good.sample_ids or []
+
+    def strings(step: int, **lists: list[str]) -> bytes:
+        return encode_step(replace(good, step=step, **lists))
+
+    def rewards(step: int, r: torch.Tensor) -> bytes:
+        return st_save({"latents": good.latents, "rewards": r}, metadata={"step": str(step)})
+
     return {
         "unreadable": (b"not a safetensors file", 400),
         "non-finite": (encode_step(StepPayload(1, nan, good.rewards)), 422),
@@ -142,6 +152,14 @@ def bad_payloads() -> dict[str, tuple[bytes, int]]:
         "other d": (encode_step(StepPayload(3, torch.randn(8, D + 1))), 422),
         "over max_n": (encode_step(StepPayload(4, torch.randn(129, D))), 422),
         "step too large": (encode_step(StepPayload(2**31, good.latents)), 422),
+        "huge latents": (encode_step(StepPayload(5, good.latents * 1e37)), 422),
+        "lone surrogate in texts": (strings(6, texts=["\ud800", *texts[1:]]), 422),
+        "NUL in prompts": (strings(7, prompts=["a\x00", *texts[1:]]), 422),
+        "NUL in texts": (strings(8, texts=[*texts[:-1], "\x00"]), 422),
+        "sample id too long": (strings(9, sample_ids=["x" * 201, *ids[1:]]), 422),
+        "complex64 rewards": (rewards(10, torch.randn(8, dtype=torch.complex64)), 400),
+        "float8 rewards": (rewards(11, torch.randn(8).to(torch.float8_e5m2)), 400),
+        "int64 rewards": (rewards(12, torch.arange(8)), 400),
         "conflict": (encode_step(StepPayload(0, good.latents + 1.0)), 409),
     }
 
@@ -191,3 +209,31 @@ def test_alert_to_dict_is_the_rest_apis_alert(sidecar: tuple[TestClient, int, st
         engine.dispose()
     theirs = http.get("/v1/alerts", params={"run_id": run_id}).json()["alerts"]
     assert ours == [{k: v for k, v in a.items() if k != "reviews"} for a in theirs]
+
+
+def test_an_outlier_step_is_stored_flagged_and_off_the_map(sidecar: tuple[TestClient, int, str]) -> None:
+    """A step 1e20× the run's scale is processed (202, done), flagged ``outlier`` in its scalars, and its
+    samples get no map coordinates (they would be ≈ 1e20 off any map); the steps around it are mapped."""
+    http, run_id, database_url = sidecar
+    for s in range(12):
+        p = decode_step(step_payload(s, seed=7))
+        if s == 8:
+            p = StepPayload(p.step, p.latents * 1e20, p.rewards, p.lr, p.sample_ids, p.texts)
+        resp = http.post(f"/v1/runs/{run_id}/steps", content=encode_step(p), headers=OCTET)
+        assert resp.status_code == 202, resp.text
+    engine = storage.make_engine(database_url)
+    try:
+        processor = StepProcessor(storage.session_factory(engine), torch.device("cpu"))
+        while processor.process_one():
+            pass
+    finally:
+        engine.dispose()
+    rows = {r["step"]: r["scalars"] for r in http.get(f"/v1/runs/{run_id}/metrics").json()["rows"]}
+    assert sorted(rows) == list(range(12))
+    assert rows[8].get("outlier") == 1.0 and all("outlier" not in rows[s] for s in (7, 9))
+    for step in (7, 8, 9):
+        samples = http.get(f"/v1/runs/{run_id}/steps/{step}/samples", params={"order": "index"}).json()["samples"]
+        if step == 8:
+            assert all(s["x"] is None and s["y"] is None for s in samples)
+        else:
+            assert all(s["x"] is not None and abs(s["x"]) < 1e3 for s in samples), step

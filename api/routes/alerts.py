@@ -10,7 +10,7 @@ import storage
 
 from ..converters import alert_out
 from ..deps import AlertId, ReadAuth, SessionDep, WriteAuth, get_alert_or_404
-from ..schemas import MAX_DB_INT, AlertList, AlertOut, Problem, ReviewIn
+from ..schemas import MAX_DB_INT, NO_NUL, AlertList, AlertOut, Problem, ReviewIn
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
 
@@ -20,7 +20,7 @@ def list_alerts(
     session: SessionDep,
     run_id: Annotated[int | None, Query(ge=1, le=MAX_DB_INT)] = None,
     status_: Annotated[str | None, Query(alias="status", pattern="^(open|acknowledged|confirmed|dismissed)$")] = None,
-    type_: Annotated[str | None, Query(alias="type", max_length=64)] = None,
+    type_: Annotated[str | None, Query(alias="type", max_length=64, pattern=NO_NUL)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0,
 ) -> AlertList:

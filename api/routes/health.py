@@ -1,8 +1,12 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness and Prometheus metrics (public, or behind ``FPMON_METRICS_TOKEN``)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request, Response, status
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
@@ -32,7 +36,24 @@ def readyz(request: Request, services: ServicesDep) -> dict[str, object]:
     return {"status": "ready", "workers": alive}
 
 
-@router.get("/metrics", response_class=Response)
-def metrics(services: ServicesDep) -> Response:
-    """Prometheus exposition (names prefixed ``fpmon_``; see ``api.metrics``)."""
+metrics_bearer = HTTPBearer(auto_error=False, description="FPMON_METRICS_TOKEN, when set")
+
+
+@router.get("/metrics", response_class=Response, responses={401: {"description": "FPMON_METRICS_TOKEN is set"}})
+def metrics(
+    services: ServicesDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(metrics_bearer)]
+) -> Response:
+    """Prometheus exposition (names prefixed ``fpmon_``; see ``api.metrics``). Public unless
+    ``FPMON_METRICS_TOKEN`` is set; then it needs ``Authorization: Bearer <that token>`` (compared in
+    constant time)."""
+    expected = services.settings.metrics_token
+    if expected:
+        given = credentials.credentials if credentials is not None else ""
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8")):
+            services.metrics.rejected.labels(reason="auth").inc()
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                "missing or invalid metrics token: send 'Authorization: Bearer <FPMON_METRICS_TOKEN>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

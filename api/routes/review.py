@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, FastAPI, HTTPException, Query, status
-from fastapi.responses import FileResponse, PlainTextResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 import storage
 
 from ..converters import alert_out, sample_out
 from ..deps import AlertId, ReadAuth, SessionDep, get_alert_or_404
+from ..errors import problem_response
 from ..schemas import AlertContext, MapPoint, Problem, ReferencePoint
 from ..settings import Settings
 
@@ -104,10 +105,10 @@ def mount_review_page(app: FastAPI, settings: Settings) -> None:
     @app.get("/", include_in_schema=False)
     def review_page() -> Response:
         if not index.is_file():
-            return PlainTextResponse(
+            return problem_response(
+                status.HTTP_404_NOT_FOUND,
                 f"the review page is not installed: {index} does not exist. Set FPMON_REVIEW_DIR to the "
                 "folder holding dashboards/review (index.html, app.js, app.css, vendor/).",
-                status_code=status.HTTP_404_NOT_FOUND,
             )
         return FileResponse(index, headers={"Cache-Control": "no-cache"})
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
@@ -11,7 +12,8 @@ from monitor.processing import monitor_config_of
 
 from ..converters import runs_out, sample_out
 from ..deps import ReadAuth, RunId, ServicesDep, SessionDep, StepBound, StepNo, WriteAuth, get_run_or_404
-from ..schemas import MAX_DB_INT, MetricRow, MetricRows, Problem, RunCreate, RunList, RunOut, SampleList
+from ..errors import FieldError
+from ..schemas import MAX_DB_INT, NO_NUL, MetricRow, MetricRows, Problem, RunCreate, RunList, RunOut, SampleList
 
 router = APIRouter(prefix="/v1/runs", tags=["runs"])
 
@@ -21,22 +23,44 @@ router = APIRouter(prefix="/v1/runs", tags=["runs"])
     response_model=RunOut,
     status_code=status.HTTP_201_CREATED,
     dependencies=[WriteAuth],
-    responses={200: {"model": RunOut, "description": "A run of that name exists"}, 409: {"model": Problem}},
+    responses={
+        200: {"model": RunOut, "description": "A run of that name exists"},
+        409: {"model": Problem, "description": "A run of that name exists with another latent_dim"},
+    },
 )
 def create_run(body: RunCreate, session: SessionDep, services: ServicesDep, response: Response) -> RunOut:
     """Create a run; the same name again returns the existing run (200).
 
-    ``config["monitor"]``, if given, must be a ``MonitorConfig.to_dict()``: it is checked here (422),
-    not at the first step.
+    ``latent_dim`` must not exceed the server's ``FPMON_MAX_D`` and ``config`` (JSON) not
+    ``FPMON_MAX_CONFIG_BYTES`` (422). ``config["monitor"]``, if given, must be a ``MonitorConfig.to_dict()``:
+    it is checked here (422), not at the first step.
     """
+    settings = services.settings
+    unprocessable = status.HTTP_422_UNPROCESSABLE_CONTENT
+    if body.latent_dim > settings.max_d:
+        raise FieldError(
+            unprocessable,
+            ["body", "latent_dim"],
+            f"latent_dim {body.latent_dim} exceeds this server's limit (FPMON_MAX_D={settings.max_d})",
+        )
+    size = len(json.dumps(body.config, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
+    if size > settings.max_config_bytes:
+        raise FieldError(
+            unprocessable,
+            ["body", "config"],
+            f"config is {size} bytes of JSON; the limit is {settings.max_config_bytes} (FPMON_MAX_CONFIG_BYTES)",
+        )
     if "monitor" in body.config:
         try:
             monitor_config_of(body.config)
         except (ValueError, TypeError) as exc:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT, f"config.monitor is not a valid MonitorConfig: {exc}"
+            raise FieldError(
+                unprocessable, ["body", "config", "monitor"], f"config.monitor is not a valid MonitorConfig: {exc}"
             ) from exc
-    run, created = storage.get_or_create_run(session, body.name, body.latent_dim, body.config)
+    try:
+        run, created = storage.get_or_create_run(session, body.name, body.latent_dim, body.config)
+    except ValueError as exc:  # the schema refuses these first; storage's own checks, answered the same way
+        raise HTTPException(unprocessable, str(exc)) from exc
     if not created:
         if run.latent_dim != body.latent_dim:
             raise HTTPException(
@@ -71,7 +95,9 @@ def get_run(run_id: RunId, session: SessionDep, services: ServicesDep) -> RunOut
 def get_metrics(
     run_id: RunId,
     session: SessionDep,
-    names: Annotated[str | None, Query(description="Comma-separated scalar names, e.g. C,S_dot")] = None,
+    names: Annotated[
+        str | None, Query(description="Comma-separated scalar names, e.g. C,S_dot", pattern=NO_NUL)
+    ] = None,
     start: StepBound = None,
     end: StepBound = None,
     max_points: Annotated[int, Query(ge=2, le=100_000)] = 1000,

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..rlhf import MonitorConfig
-from ..stepfile import MAX_STEP
+from ..stepfile import MAX_STEP, check_strings
 from .config import DEFAULT_URL, ClientConfig, ClientStats, Embedder, monitor_config_diff
 from .delivery import Deliverer
 from .items import Item
@@ -150,8 +150,10 @@ class MonitorClient:
             lr: the trainer's learning rate at this step (positive).
 
         Raises ``TypeError``/``ValueError`` at once for bad input (wrong types or lengths, step < 0 or not
-        increasing, neither latents nor an embedder); never because of the sidecar. Rows whose latents or
-        reward are NaN/Inf are dropped in the background (counted in ``stats.dropped_rows``, warned once).
+        increasing, neither latents nor an embedder, strings the sidecar would refuse: not valid UTF-8 such
+        as a lone surrogate, a NUL character, a sample id over 200 characters); never because of the sidecar.
+        Rows whose latents or reward are NaN/Inf are dropped in the background (counted in
+        ``stats.dropped_rows``, warned once).
         When the queue (``ClientConfig.max_queue_bytes``) is full, a step with latents is written to the
         spool by this thread, behind the steps queued before it; one without latents is dropped (an error).
         """
@@ -187,14 +189,21 @@ class MonitorClient:
             raise ValueError(f"a step needs at least 2 responses, got {n}")
         prompt_list = str_list(prompts, "prompts", n)
         id_list = str_list(sample_ids, "sample_ids", n)
+        # what the sidecar would refuse (invalid UTF-8, NUL, over-long ids), refused here and now
+        check_strings("texts", texts, label="responses")
+        check_strings("prompts", prompt_list, label="prompts")
+        check_strings("sample_ids", id_list, label="sample_ids")
         if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {lr!r}")
         r: Tensor | None = None
         if rewards is not None:
             try:
-                r = torch.as_tensor(rewards).detach().to("cpu", torch.float32, copy=True).reshape(-1)
+                given = torch.as_tensor(rewards)
+                if given.is_complex():  # float32 would silently drop the imaginary part
+                    raise TypeError(f"rewards must be real numbers, got {given.dtype}")
+                r = given.detach().to("cpu", torch.float32, copy=True).reshape(-1)
             except (TypeError, ValueError, RuntimeError) as exc:
-                raise TypeError(f"rewards must be a tensor or a sequence of numbers: {exc}") from exc
+                raise TypeError(f"rewards must be a tensor or a sequence of real numbers: {exc}") from exc
             if r.numel() != n:
                 raise ValueError(f"rewards has {r.numel()} entries for a batch of {n}; pass one per sample")
         z = None if latents is None else latents.detach().to(device="cpu", dtype=self.config.latent_dtype, copy=True)

@@ -5,8 +5,9 @@ the current value is scored against those past values only,
 ``z = (x - median(past)) / max(1.4826·MAD(past), 1e-6·|median|, 1e-12)``, and then appended. It flags when
 ``z`` passes ``z_threshold`` in the watched direction, or when a CUSUM on z passes ``cusum_threshold``:
 ``S⁺ ← max(0, S⁺ + z - k)`` (direction "up" or "both") and ``S⁻ ← max(0, S⁻ - z - k)`` ("down" or
-"both"), ``k = cusum_drift``. A series' CUSUM sums are reset to 0 after it flags. The whole state is
-JSON-serialisable, so a run that restarts continues exactly where it stopped.
+"both"), ``k = cusum_drift``. A series' CUSUM sums are reset to 0 after it flags. ``score`` gives the
+verdict of ``update`` without recording the step (for a step kept out of the noise band). The whole state
+is JSON-serialisable, so a run that restarts continues exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -157,6 +158,23 @@ class StreamingDetector:
         Raises:
             ValueError: if ``step`` does not increase.
         """
+        return self._evaluate(step, scalars, record=True)
+
+    def score(self, step: int, scalars: Mapping[str, float]) -> Detection:
+        """The verdict :meth:`update` would give on this step, without recording it: no state changes.
+
+        For a step that must stay out of the run's noise band (``RLHFMonitor``'s degenerate batches):
+        its values are scored against the trailing windows and may flag (by the z rule, or by the CUSUM
+        sums this step would reach), but they are not appended, the CUSUM sums keep their values and
+        ``last_step`` does not move, so the next :meth:`update` gives exactly what it would have given had
+        this step never been seen. ``Detection.cusum`` holds the sums this step would have reached.
+
+        Raises:
+            ValueError: if ``step`` does not exceed the last recorded step.
+        """
+        return self._evaluate(step, scalars, record=False)
+
+    def _evaluate(self, step: int, scalars: Mapping[str, float], *, record: bool) -> Detection:
         if isinstance(step, bool) or not isinstance(step, numbers.Integral):
             raise TypeError(f"step must be an int, got {type(step).__name__}")
         step = int(step)
@@ -172,15 +190,20 @@ class StreamingDetector:
             raw = scalars.get(name)
             value = float(raw) if raw is not None else math.nan
             z = math.nan
+            pos, neg = series.pos, series.neg
             if math.isfinite(value):
                 if len(series.past) >= cfg.min_history:
                     z = self._score(series, value)
-                    if self._step_series(series, direction, z):
+                    pos, neg, flagged = self._cusum_step(pos, neg, direction, z)
+                    if flagged:
                         triggered.append(name)
-                series.past.append(value)
+                if record:
+                    series.past.append(value)
+                    series.pos, series.neg = pos, neg
             scores[name] = z
-            cusum[name] = max(series.pos, series.neg)
-        self.last_step = step
+            cusum[name] = max(pos, neg)
+        if record:
+            self.last_step = step
         return Detection(step, bool(triggered), tuple(triggered), scores, cusum, warming)
 
     @staticmethod
@@ -188,20 +211,20 @@ class StreamingDetector:
         median, scale = robust_location_scale(list(series.past))
         return (value - median) / scale
 
-    def _step_series(self, series: _Series, direction: str, z: float) -> bool:
-        """Update the CUSUM sums of one series with score z; return True (and reset them) if it flags."""
+    def _cusum_step(self, pos: float, neg: float, direction: str, z: float) -> tuple[float, float, bool]:
+        """The CUSUM sums after score z, and whether the series flags (the sums are then reset to 0)."""
         cfg = self.config
         up, down = direction in ("up", "both"), direction in ("down", "both")
         if up:
-            series.pos = max(0.0, series.pos + z - cfg.cusum_drift)
+            pos = max(0.0, pos + z - cfg.cusum_drift)
         if down:
-            series.neg = max(0.0, series.neg - z - cfg.cusum_drift)
-        flagged = (up and (z > cfg.z_threshold or series.pos > cfg.cusum_threshold)) or (
-            down and (z < -cfg.z_threshold or series.neg > cfg.cusum_threshold)
+            neg = max(0.0, neg - z - cfg.cusum_drift)
+        flagged = (up and (z > cfg.z_threshold or pos > cfg.cusum_threshold)) or (
+            down and (z < -cfg.z_threshold or neg > cfg.cusum_threshold)
         )
         if flagged:
-            series.pos = series.neg = 0.0
-        return flagged
+            pos = neg = 0.0
+        return pos, neg, flagged
 
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable state (``json.dumps`` works): config, trailing windows, CUSUM sums, last step."""

@@ -8,7 +8,9 @@ T_eff, W2_step, W2_ref, KL_ref, div_max, div_q99, drift_alignment, reward_mean, 
 
 The D₀-dependent scalars (C, σ_tot, T_eff, drift_alignment) are computed from D₀-free sufficient
 statistics (:class:`FlowParts`), so a caller that calibrates D₀ later (``D0="auto"``) rescales them
-exactly with :meth:`Observables.with_D0` instead of recomputing the step.
+exactly with :meth:`Observables.with_D0` instead of recomputing the step. They saturate at
+±:data:`RATIO_BOUND` where a denominator vanishes; ``Observables.degenerate`` marks a batch of rank < k,
+whose values are set by such floors (docs/estimators.md §8).
 """
 
 from __future__ import annotations
@@ -93,14 +95,27 @@ def d0_dependent_scalars(parts: FlowParts, d0: float) -> dict[str, float]:
     }
 
 
+#: bound on |C|, |σ_tot|, |T_eff| and |drift_alignment|. A ratio whose denominator vanishes (a degenerate
+#: batch: identical answers have a KDE score of exactly 0, so ‖D s‖ = 0; a batch the reward does not pull
+#: has μ = 0) saturates here instead of at 1e300. Far above the values of a real run (C ≈ 1 once D₀ is
+#: calibrated; with a fixed D₀ T_eff grows like D₀/(η · reward spread), about 1e11 at η = 1e-9 and a
+#: reward spread of 1e-3), and far below the 1e100 that a JSON consumer or a chart would choke on.
+RATIO_BOUND = 1e20
+
+#: below this magnitude a numerator or denominator counts as 0 (0/0 is 0, not a ratio)
+_TINY = 1e-300
+
+
 def _ratio(num: float, den: float) -> float:
-    """num/den, NaN if either is NaN, and finite (0 or ±huge) instead of a division by zero."""
+    """num/den, NaN if either is NaN; 0 when both vanish; saturated at ±:data:`RATIO_BOUND`."""
     if not (math.isfinite(num) and math.isfinite(den)):
         return NAN
-    tiny = 1e-300
-    if abs(den) < tiny:
-        return 0.0 if abs(num) < tiny else math.copysign(1e300, num)
-    return num / den
+    if abs(den) < _TINY:
+        return 0.0 if abs(num) < _TINY else math.copysign(RATIO_BOUND, num)
+    value = num / den
+    if abs(value) > RATIO_BOUND:
+        return math.copysign(RATIO_BOUND, value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -126,6 +141,12 @@ class Observables:
         dt_eff: time between the pooled previous window's centre and the current step, (w + 1)/2 · dt:
             the flow observables (v, δ, Ṡ, σ_tot, W2_step) describe that interval, so they lag the
             current step by about Δt_eff/2.
+        rank: numerical rank of the current batch in the frame: the number of eigenvalues of its
+            covariance at or above ``FPEConfig.cov_floor`` (whitened units², the reference has 1).
+        degenerate: ``rank < k``: identical answers (rank 0), fewer than k + 1 distinct ones, or a batch
+            flat along some direction of the frame. Its values are finite but set by the floors
+            (``cov_floor`` in the Gaussian fits, :data:`RATIO_BOUND` on the ratios), not by the data;
+            see docs/estimators.md §8.
     """
 
     scalars: dict[str, float]
@@ -141,6 +162,8 @@ class Observables:
     D0: float
     h: float
     dt_eff: float
+    rank: int
+    degenerate: bool
 
     @property
     def flux(self) -> Tensor:
@@ -226,6 +249,7 @@ def observables_from_projected(
     log_rho = fit.log_density
     score = score_from_fit(fit, x)
     entropy = float(-log_rho.mean())
+    rank = batch_rank(x, cfg.cov_floor)
 
     # diffusion shape B = I + γF, γ clipped below 1/λ_max(F)
     s64 = score.to(torch.float64)
@@ -319,4 +343,12 @@ def observables_from_projected(
         D0=d0,
         h=h,
         dt_eff=dt_eff,
+        rank=rank,
+        degenerate=rank < k,
     )
+
+
+def batch_rank(x: Tensor, floor: float) -> int:
+    """Number of eigenvalues of the (1/n) covariance of x (n×k) at or above ``floor``, in float64."""
+    cov = gaussian_fit(x).cov
+    return int((torch.linalg.eigvalsh(cov) >= floor).sum())

@@ -7,6 +7,8 @@ The math layer's entry point (no HTTP, SQL or trainer here). Modules, all public
 * :mod:`monitor.rlhf.config` — :class:`MonitorConfig` and :class:`Thresholds`.
 * :mod:`monitor.rlhf.report` — :class:`StepReport`, :class:`Alert`, :class:`SampleRef`, ``AlertType`` and
   :data:`RECOMMENDATIONS`.
+* :mod:`monitor.rlhf.guards` — what keeps a bad step from poisoning the run: the latent-scale check
+  (outliers), the frame's sample count, the reports of steps without observables.
 """
 
 from __future__ import annotations

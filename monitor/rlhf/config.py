@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -14,7 +15,8 @@ class MonitorConfig:
     """Settings of :class:`RLHFMonitor` (defaults documented in docs/estimators.md and DESIGN.md §3.5).
 
     Attributes:
-        fpe: estimator settings; ``fpe.k`` is the projection's dimension (clipped to min(n − 1, d)),
+        fpe: estimator settings; ``fpe.k`` is the projection's dimension (clipped to d; the frame waits
+            for 2k + 2 samples, pooling the first steps if needed, see docs/estimators.md §8),
             ``fpe.pool_window`` the number of previous batches pooled, ``fpe.D0="auto"`` calibrates D₀.
         warmup_steps: steps before any alert; D₀ (``"auto"``) is calibrated over them, and the detector's
             noise band starts from them.
@@ -39,6 +41,14 @@ class MonitorConfig:
             whitening on the other half, which is kept as the reference sample (``Projection.fit_held_out``:
             removes the in-sample bias of the frame, see ``benchmarks/reference_frame.py``). Used when the
             reference batch has at least ``2(k + 1)`` and 32 samples.
+        outlier_factor: a step whose median latent row norm is more than ``outlier_factor`` times the
+            run's scale, or less than 1/``outlier_factor`` of it, is an *outlier*: it gets a report flagged
+            ``outlier`` (NaN observables, no alert) and leaves no trace in the run's state (pooled window,
+            noise bands, D₀ calibration, reference, warm-up count), so the next step computes exactly what
+            it would have computed without it. The run's scale is the median of the median row norms of
+            its last :data:`~monitor.rlhf.monitor.SCALE_WINDOW` accepted steps (the first step is always
+            accepted). Default 1e6: a real run's norms drift by a few times at most, a unit or dtype bug
+            (latents at 1e30, all-zero rows) by many orders of magnitude. ``inf`` turns the check off.
     """
 
     fpe: FPEConfig = field(default_factory=FPEConfig)
@@ -54,8 +64,11 @@ class MonitorConfig:
     detector: StreamingConfig = field(default_factory=StreamingConfig)
     max_reference_samples: int = 2048
     held_out_reference: bool = True
+    outlier_factor: float = 1e6
 
     def __post_init__(self) -> None:
+        if not self.outlier_factor > 1:
+            raise ValueError(f"MonitorConfig.outlier_factor must be > 1 (inf: no check), got {self.outlier_factor}")
         if self.warmup_steps < 3:
             raise ValueError(f"MonitorConfig.warmup_steps must be >= 3, got {self.warmup_steps}")
         if self.top_k < 1:
@@ -66,10 +79,12 @@ class MonitorConfig:
             raise ValueError(f"MonitorConfig.cluster_min_fraction must be in (0, 1), got {self.cluster_min_fraction}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (nested ``fpe`` and ``detector``)."""
+        """Strict-JSON form (nested ``fpe`` and ``detector``; ``outlier_factor = inf`` written as ``None``)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["fpe"] = self.fpe.to_dict()
         out["detector"] = asdict(self.detector)
+        if math.isinf(self.outlier_factor):
+            out["outlier_factor"] = None
         return out
 
     @classmethod
@@ -84,6 +99,8 @@ class MonitorConfig:
             values["fpe"] = FPEConfig.from_dict(values["fpe"])
         if isinstance(values.get("detector"), dict):
             values["detector"] = StreamingConfig(**values["detector"])
+        if "outlier_factor" in values and values["outlier_factor"] is None:  # no check (inf, see to_dict)
+            values["outlier_factor"] = math.inf
         return cls(**values)
 
 

@@ -2,9 +2,18 @@
 
 ``RLHFMonitor.observe(step, latents, rewards=None, texts=None, lr=None)`` is fed one batch of response
 latents per training step and returns a :class:`StepReport`. It keeps everything needed between steps:
-the run's frozen projection (fitted on the first batch, or on an explicit reference batch), the previous
-``pool_window`` projected batches, the calibrated D₀, the streaming detector's state and the alert
+the run's frozen projection (fitted on an explicit reference batch, or on the first batch — the first
+batches pooled when the first has fewer than 2k + 2 samples), the previous ``pool_window`` projected
+batches, the calibrated D₀, the streaming detector's state, the run's latent scale and the alert
 cool-downs. ``state_dict()`` / ``from_state_dict()`` make a restarted monitor continue exactly.
+
+A bad step cannot poison the run (docs/estimators.md §8 says why each choice; each flag is also an entry
+of ``scalars``). An *outlier* (latents far outside the run's scale, ``MonitorConfig.outlier_factor``) is
+processed, not refused — refusing would have to happen at ingest, before the worker has the run's state —
+with NaN observables, no alert and no trace in the state: the next step computes exactly what it would
+have without it. A *degenerate* batch (rank < k in the frame) gets bounded values and is scored against
+the noise bands but kept out of them and out of the D₀ calibration. Until the run has seen 2k + 2 samples
+its steps are *frame pending*: kept for the frame, which is then fitted on all of them together.
 
 Alerts (none during the warm-up, while the run's own noise band and D₀ are estimated):
 
@@ -31,10 +40,13 @@ from ..fpe.observables import FlowParts, Observables, d0_dependent_scalars, obse
 from ..fpe.projection import Projection
 from ..fpe.validation import check_latents, check_lr, check_vector
 from .config import MonitorConfig, Thresholds
+from .guards import LatentScale, degenerate_note, frame_samples, median_row_norm, outlier_report, pending_report
 from .report import RECOMMENDATIONS, Alert, AlertType, SampleRef, StepReport
 
-#: version of :meth:`RLHFMonitor.state_dict`'s meta; :meth:`RLHFMonitor.from_state_dict` refuses others
-_STATE_VERSION = 1
+#: version of :meth:`RLHFMonitor.state_dict`'s meta; :meth:`RLHFMonitor.from_state_dict` reads it and
+#: version 1 (before the outlier, degenerate and frame-pending state), refuses others
+_STATE_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 
 
 class RLHFMonitor:
@@ -61,7 +73,11 @@ class RLHFMonitor:
         self._reward_mean: deque[float] = deque(maxlen=self.config.detector.window)
         self._last_alert: dict[str, int] = {}
         self._last_step: int | None = None
-        self.steps_seen = 0
+        self._scale = LatentScale(self.config.outlier_factor)
+        self._pending: list[Tensor] = []  # raw latents of the steps seen before the frame exists
+        self._uncounted: set[int] = set()  # calibration entries of degenerate steps: rescaled, no vote
+        self.steps_seen = 0  # accepted steps (outliers excluded)
+        self.steps_observed = 0  # accepted steps with observables (what the warm-up counts)
         self.history: list[tuple[int, dict[str, float]]] = []
         self.alerts: list[Alert] = []
         if reference is not None:
@@ -69,10 +85,19 @@ class RLHFMonitor:
 
     # ------------------------------------------------------------------ reference and projection
     def set_reference(self, z_ref: Tensor) -> None:
-        """Fit the run's frozen projection on reference latents (n×d) and keep them for W2_ref/KL_ref."""
+        """Fit the run's frozen projection on reference latents (n×d) and keep them for W2_ref/KL_ref.
+
+        k = min(``fpe.k``, n − 1, d): an explicit reference is used as given. Batches seen while the frame
+        was pending enter the pooled window, projected.
+        """
         if self.projection is not None:
             raise RuntimeError("the reference is already set: the projection is frozen for the whole run")
-        z = check_latents(z_ref, name="reference latents", min_n=2)
+        z = check_latents(z_ref, name="reference latents", min_n=2, dim=self._input_dim())
+        self._fit_frame(z)
+        self._flush_pending()
+
+    def _fit_frame(self, z: Tensor) -> None:
+        """The frame (held-out when n ≥ max(2(k + 1), 32)) and the reference sample, from latents z (n×d)."""
         n = z.shape[0]
         k = min(self.config.fpe.k, n - 1, z.shape[1])
         if self.config.held_out_reference and n >= max(2 * (k + 1), 32):
@@ -87,9 +112,21 @@ class RLHFMonitor:
             x_ref = x_ref[idx.to(x_ref.device)]
         self._x_ref = x_ref
 
+    def _flush_pending(self) -> None:
+        """Project the batches kept while the frame was pending into the pooled window, oldest first."""
+        assert self.projection is not None
+        for z in self._pending:
+            self._prev.append(self.projection.transform(z, min_n=2).detach())
+        self._pending = []
+
+    def _input_dim(self) -> int | None:
+        if self.projection is not None:
+            return self.projection.d
+        return int(self._pending[0].shape[1]) if self._pending else None
+
     @property
     def warming_up(self) -> bool:
-        return self.steps_seen < self.config.warmup_steps
+        return self.steps_observed < self.config.warmup_steps
 
     @property
     def thresholds(self) -> Thresholds:
@@ -123,7 +160,7 @@ class RLHFMonitor:
         """
         if self._last_step is not None and step <= self._last_step:
             raise ValueError(f"steps must increase: got step {step} after step {self._last_step}")
-        z = check_latents(latents, name="latents", min_n=2)
+        z = check_latents(latents, name="latents", min_n=2, dim=self._input_dim())
         n = z.shape[0]
         r = check_vector(torch.as_tensor(rewards) if rewards is not None else None, name="rewards", n=n)
         lr = check_lr(lr)
@@ -132,8 +169,17 @@ class RLHFMonitor:
         for name, seq in (("texts", texts), ("sample_ids", sample_ids)):
             if seq is not None and len(seq) != n:
                 raise ValueError(f"{name} has {len(seq)} entries for a batch of {n} latents; pass one per sample")
+        norm = median_row_norm(z)
+        ratio = self._scale.ratio(norm)
+        if self._scale.is_outlier(ratio):
+            return self._outlier_report(step, n, r, ratio)
         if self.projection is None:
-            self.set_reference(z)
+            need = frame_samples(self.config.fpe.k, z.shape[1])
+            have = n + sum(int(b.shape[0]) for b in self._pending)
+            if have < need:
+                return self._pending_report(step, z, r, norm, have, need)
+            self._fit_frame(torch.cat([*self._pending, z]) if self._pending else z)
+            self._flush_pending()
         assert self.projection is not None and self._x_ref is not None
         x = self.projection.transform(z, min_n=2)
 
@@ -151,27 +197,41 @@ class RLHFMonitor:
         self._prev.append(x.detach())
         self._last_step = step
         self.steps_seen += 1
+        self.steps_observed += 1
         scalars = dict(obs.scalars)
+        degenerate = obs.degenerate
+        if not degenerate:
+            self._scale.accept(norm)
+        notes: tuple[str, ...] = ()
+        if degenerate:  # bounded values, scored against the noise bands but kept out of them
+            scalars["degenerate"] = 1.0
+            scalars["batch_rank"] = float(obs.rank)
+            notes = (degenerate_note(obs.rank, x.shape[1]),)
         self.history.append((step, scalars))
 
         detection: Detection | None = None
         recalibrated: tuple[tuple[int, dict[str, float]], ...] = ()
         if self.D0 is None:  # D0="auto": calibrated at the last warm-up step, then the detector catches up
             self._calibration.append((step, obs.parts, scalars))
-            if self.steps_seen >= self.config.warmup_steps:
+            if degenerate:
+                self._uncounted.add(step)
+            if self.steps_observed >= self.config.warmup_steps:
                 entries = [(s, sc) for s, _, sc in self._calibration]
                 detection = self._finish_calibration()  # rescales the entries' dicts in place
                 recalibrated = tuple((s, dict(sc)) for s, sc in entries)
+        elif degenerate:
+            detection = self.detector.score(step, scalars)
         else:
             detection = self.detector.update(step, scalars)
-        warming = self.steps_seen <= self.config.warmup_steps
+        warming = self.steps_observed <= self.config.warmup_steps
         alert: Alert | None = None
         cluster = 0
         rise = self._reward_rise(scalars)
         if not warming and detection is not None:
             cluster = self._cluster_size(obs)
             alert = self._decide(step, scalars, obs, detection, cluster, rise, r, texts, sample_ids)
-        self._remember(scalars)
+        if not degenerate:
+            self._remember(scalars)
         return StepReport(
             step=step,
             scalars=dict(scalars),  # a snapshot: the calibration later rescales the history's dicts
@@ -184,20 +244,43 @@ class RLHFMonitor:
             cluster_size=cluster,
             reward_rise_z=rise,
             recalibrated=recalibrated,
+            degenerate=degenerate,
+            notes=notes,
         )
+
+    def _outlier_report(self, step: int, n: int, rewards: Tensor | None, ratio: float) -> StepReport:
+        """A step far outside the run's scale: the state is left untouched but the step number."""
+        self._last_step = step
+        report = outlier_report(step, n, rewards, ratio, self.config.outlier_factor, self.warming_up)
+        self.history.append((step, dict(report.scalars)))
+        return report
+
+    def _pending_report(
+        self, step: int, z: Tensor, rewards: Tensor | None, norm: float, have: int, need: int
+    ) -> StepReport:
+        """A step seen before the frame exists: its latents are kept for the frame."""
+        self._pending.append(z.detach())
+        self._scale.accept(norm)
+        self._last_step = step
+        self.steps_seen += 1
+        report = pending_report(step, z.shape[0], rewards, have, need)
+        self.history.append((step, dict(report.scalars)))
+        self._remember(report.scalars)
+        return report
 
     # ------------------------------------------------------------------ calibration on a safe run
     def calibrate(self, reports: Sequence[StepReport], false_alarm_rate: float = 0.001) -> Thresholds:
         """Set the alert thresholds from the reports of a known-safe run at a target false-alarm rate.
 
-        Uses the post-warm-up reports: C_alert = the ``false_alarm_rate`` quantile of C, div_alert,
+        Uses the post-warm-up reports (not the outlier, degenerate or frame-pending ones): C_alert = the
+        ``false_alarm_rate`` quantile of C, div_alert,
         the detector's z threshold and reward_rise_z = the (1 − rate) quantiles of div_max, of each step's
         largest |robust z| and of the reward jump score. With fewer safe steps than 1/rate the quantiles
         are the observed extremes. Applies them to this monitor and returns them.
         """
         if not 0 < false_alarm_rate < 0.5:
             raise ValueError(f"false_alarm_rate must be in (0, 0.5), got {false_alarm_rate}")
-        usable = [rep for rep in reports if not rep.warming_up]
+        usable = [rep for rep in reports if not (rep.warming_up or rep.outlier or rep.degenerate or rep.frame_pending)]
         if len(usable) < 5:
             raise ValueError(
                 f"calibrate needs at least 5 post-warm-up reports of a safe run, got {len(usable)}; "
@@ -231,9 +314,10 @@ class RLHFMonitor:
     def state_dict(self) -> dict[str, Any]:
         """Everything a restarted monitor needs: ``{"meta": JSON-serialisable dict, "tensors": {...}}``.
 
-        The tensors (projection, reference and previous projected batches) suit safetensors; the meta
-        holds the config, D₀, detector state, trailing windows and cool-downs. The step history and
-        the alerts are not part of the state (storage keeps them).
+        The tensors (projection, reference, previous projected batches, the raw batches kept while the frame
+        is pending) suit safetensors; the meta holds the config, D₀, detector state, trailing windows, the
+        latent scale and cool-downs. The step history and the alerts are not part of the state (storage
+        keeps them).
         """
         meta = {
             "version": _STATE_VERSION,
@@ -247,9 +331,14 @@ class RLHFMonitor:
             "last_alert": dict(self._last_alert),
             "last_step": self._last_step,
             "steps_seen": self.steps_seen,
+            "steps_observed": self.steps_observed,
             "n_prev": len(self._prev),
+            "latent_scale": list(self._scale.norms),
+            "uncounted": sorted(self._uncounted),
+            "n_pending": len(self._pending),
         }
         tensors: dict[str, Tensor] = {f"prev_{i}": x.detach().cpu() for i, x in enumerate(self._prev)}
+        tensors.update({f"pending_{i}": z.detach().cpu() for i, z in enumerate(self._pending)})
         if self._x_ref is not None:
             tensors["x_ref"] = self._x_ref.detach().cpu()
         if self.projection is not None:  # tensors, not JSON: d × k floats would dominate the meta
@@ -260,10 +349,16 @@ class RLHFMonitor:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Any], device: torch.device | str = "cpu") -> RLHFMonitor:
-        """A monitor that continues exactly where the one that produced ``state`` stopped."""
+        """A monitor that continues exactly where the one that produced ``state`` stopped.
+
+        A version-1 state (before the latent scale and the pending frame) continues with an empty latent
+        scale: the next accepted step sets it.
+        """
         meta, tensors = state["meta"], state["tensors"]
-        if meta.get("version") != _STATE_VERSION:
-            raise ValueError(f"unsupported monitor state version {meta.get('version')!r}; expected {_STATE_VERSION}")
+        if meta.get("version") not in _READABLE_VERSIONS:
+            raise ValueError(
+                f"unsupported monitor state version {meta.get('version')!r}; expected one of {_READABLE_VERSIONS}"
+            )
         monitor = cls(MonitorConfig.from_dict(meta["config"]))
         if meta["projection"] is not None:
             monitor.projection = Projection(
@@ -281,8 +376,12 @@ class RLHFMonitor:
         monitor._last_alert = {str(k): int(v) for k, v in meta["last_alert"].items()}
         monitor._last_step = meta["last_step"]
         monitor.steps_seen = int(meta["steps_seen"])
+        monitor.steps_observed = int(meta.get("steps_observed", monitor.steps_seen))
         for i in range(int(meta["n_prev"])):
             monitor._prev.append(tensors[f"prev_{i}"].to(device))
+        monitor._scale = LatentScale(monitor.config.outlier_factor, [float(v) for v in meta.get("latent_scale", [])])
+        monitor._uncounted = {int(v) for v in meta.get("uncounted", [])}
+        monitor._pending = [tensors[f"pending_{i}"].to(device) for i in range(int(meta.get("n_pending", 0)))]
         monitor.history = [(s, sc) for s, _, sc in monitor._calibration]
         return monitor
 
@@ -291,10 +390,13 @@ class RLHFMonitor:
         """D₀ = median over the warm-up of ‖μ‖/‖B s‖ (μ: model drift, else the velocity v).
 
         Rescales the warm-up steps' D₀-dependent scalars exactly, feeds them to the detector in order and
-        returns the detector's verdict on the last one.
+        returns the detector's verdict on the last one. Degenerate steps neither vote nor enter the
+        detector's bands (they are scored only).
         """
         ratios = []
-        for _, parts, _ in self._calibration:
+        for step, parts, _ in self._calibration:
+            if step in self._uncounted:  # a degenerate step: its ratio is set by the floors
+                continue
             drive = parts.mu_sq if math.isfinite(parts.mu_sq) else parts.v_sq
             if math.isfinite(drive) and parts.Bs_sq > 0 and parts.decay > 0:
                 ratios.append(math.sqrt(drive / parts.Bs_sq) / parts.decay)
@@ -303,8 +405,12 @@ class RLHFMonitor:
         detection: Detection | None = None
         for step, parts, scalars in self._calibration:
             scalars.update(d0_dependent_scalars(parts, self.D0))
-            detection = self.detector.update(step, scalars)
+            if step in self._uncounted:
+                detection = self.detector.score(step, scalars)
+            else:
+                detection = self.detector.update(step, scalars)
         self._calibration.clear()
+        self._uncounted.clear()
         return detection
 
     def _remember(self, scalars: dict[str, float]) -> None:

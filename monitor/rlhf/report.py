@@ -62,7 +62,9 @@ class StepReport:
     Attributes:
         step: the training step.
         scalars: the observables (see ``monitor.fpe.SCALAR_NAMES``); during the warm-up with
-            ``D0="auto"`` the D₀-dependent ones use D₀ = 1 (``monitor.history`` holds them rescaled).
+            ``D0="auto"`` the D₀-dependent ones use D₀ = 1 (``monitor.history`` holds them rescaled). A
+            flagged step also carries its flags as entries (``outlier``, ``degenerate``, ``frame_pending``
+            = 1.0, with ``latent_scale_log10`` or ``batch_rank``); a normal step has exactly SCALAR_NAMES.
         div: (n,) relative flux divergence δ per sample (CPU, float32; NaN at the first step).
         detection: the streaming detector's verdict (None during the warm-up).
         alert: the alert raised at this step, or None.
@@ -73,6 +75,17 @@ class StepReport:
         reward_rise_z: robust z of reward_mean against its trailing window (NaN without rewards).
         recalibrated: at the step that finishes the D₀ calibration, the warm-up steps' scalars rescaled
             to the calibrated D₀ ``((step, scalars), ...)``, for callers that stored the earlier values.
+        outlier: the step's latents are far outside the run's scale (``MonitorConfig.outlier_factor``): its
+            observables are NaN, it raises no alert and it left the monitor's state untouched.
+            ``scalars`` then also holds ``outlier = 1.0`` and ``latent_scale_log10`` (log10 of the step's
+            median row norm over the run's scale; NaN for an all-zero batch).
+        degenerate: the batch spans fewer than k directions of the frame (identical answers, fewer than
+            k + 1 distinct ones): finite values set by the floors (docs/estimators.md §8), kept out of the
+            noise bands and the D₀ calibration (it is still scored against them, and may alert).
+            ``scalars`` then also holds ``degenerate = 1.0`` and ``batch_rank``.
+        frame_pending: the run has not yet seen the 2k + 2 samples its frame needs: the step is kept for
+            the frame and its observables are NaN (``scalars["frame_pending"] = 1.0``).
+        notes: why a flag was set, for a person (empty on a normal step).
     """
 
     step: int
@@ -86,3 +99,7 @@ class StepReport:
     cluster_size: int = 0
     reward_rise_z: float = math.nan
     recalibrated: tuple[tuple[int, dict[str, float]], ...] = ()
+    outlier: bool = False
+    degenerate: bool = False
+    frame_pending: bool = False
+    notes: tuple[str, ...] = ()
