@@ -71,7 +71,8 @@ def step_rows(database_url: str, run_name: str) -> list[tuple[int, str]]:
     try:
         with storage.session_factory(engine)() as session:
             run = storage.get_run_by_name(session, run_name)
-            assert run is not None
+            assert run is not None, f"run {run_name!r} was never created in {database_url}"
+            assert run.latent_dim > 0 and run.steps_received >= run.steps_processed
             return [(s.step, s.status) for s in storage.list_steps(session, run.id, limit=1000)]
     finally:
         engine.dispose()

@@ -85,6 +85,33 @@ def blank_scalars(rewards: Tensor | None) -> dict[str, float]:
     return scalars
 
 
+def observable_free_report(
+    step: int,
+    n: int,
+    scalars: dict[str, float],
+    note: str,
+    *,
+    warming_up: bool,
+    outlier: bool = False,
+    frame_pending: bool = False,
+) -> StepReport:
+    """A step's report without observables: NaN δ for its n samples, no detection, no alert, one note, and
+    its flag (``outlier`` or ``frame_pending``)."""
+    return StepReport(
+        step=step,
+        scalars=scalars,
+        div=torch.full((n,), math.nan),
+        detection=None,
+        alert=None,
+        top_samples=(),
+        recommendation=RECOMMENDATIONS["none"],
+        warming_up=warming_up,
+        notes=(note,),
+        outlier=outlier,
+        frame_pending=frame_pending,
+    )
+
+
 def outlier_report(
     step: int, n: int, rewards: Tensor | None, ratio: float, factor: float, warming_up: bool
 ) -> StepReport:
@@ -96,36 +123,15 @@ def outlier_report(
         f"outlier: the median latent row norm is {ratio:.3g} times the run's scale (outlier_factor {factor:g}); "
         "the step is left out of the run's state: check the embedder"
     )
-    return StepReport(
-        step=step,
-        scalars=scalars,
-        div=torch.full((n,), math.nan),
-        detection=None,
-        alert=None,
-        top_samples=(),
-        recommendation=RECOMMENDATIONS["none"],
-        warming_up=warming_up,
-        outlier=True,
-        notes=(note,),
-    )
+    return observable_free_report(step, n, scalars, note, warming_up=warming_up, outlier=True)
 
 
 def pending_report(step: int, n: int, rewards: Tensor | None, have: int, need: int) -> StepReport:
     """The report of a step seen before the frame exists: NaN observables and ``frame_pending = 1``."""
     scalars = blank_scalars(rewards)
     scalars["frame_pending"] = 1.0
-    return StepReport(
-        step=step,
-        scalars=scalars,
-        div=torch.full((n,), math.nan),
-        detection=None,
-        alert=None,
-        top_samples=(),
-        recommendation=RECOMMENDATIONS["none"],
-        warming_up=True,
-        frame_pending=True,
-        notes=(f"frame pending: {have} of the {need} samples (2k + 2) the run's frame is fitted on",),
-    )
+    note = f"frame pending: {have} of the {need} samples (2k + 2) the run's frame is fitted on"
+    return observable_free_report(step, n, scalars, note, warming_up=True, frame_pending=True)
 
 
 def degenerate_note(rank: int, k: int) -> str:
