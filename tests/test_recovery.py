@@ -83,15 +83,17 @@ def test_a_slow_step_keeps_its_claim_while_its_worker_beats(engine: Engine) -> N
         run, _ = storage.get_or_create_run(session, "slow", 32)
         for step in range(2):
             ingest_step(session, run.id, step_payload(step))
-    slow = StepProcessor(sessions, torch.device("cpu"), claim_timeout_s=1.0, step_delay_s=2.5)
-    other = StepProcessor(sessions, torch.device("cpu"), claim_timeout_s=1.0)
+    # 2 s timeout (beats every 0.4 s): a busy CI machine may stall a thread for a second; a 5 s step is still
+    # 2.5 timeouts long, so without the heartbeat the other worker would take it over
+    slow = StepProcessor(sessions, torch.device("cpu"), claim_timeout_s=2.0, step_delay_s=5.0)
+    other = StepProcessor(sessions, torch.device("cpu"), claim_timeout_s=2.0)
     worker = threading.Thread(target=slow.process_one)
     worker.start()
     try:
         deadline = time.monotonic() + 10
         while processing_step(sessions, run.id) is None and time.monotonic() < deadline:
             time.sleep(0.02)
-        while worker.is_alive():  # 2.5 s of work, 2.5 claim timeouts: never taken over, step 1 waits
+        while worker.is_alive():  # 5 s of work, 2.5 claim timeouts: never taken over, step 1 waits
             assert not other.process_one()
             time.sleep(0.1)
     finally:
@@ -101,7 +103,7 @@ def test_a_slow_step_keeps_its_claim_while_its_worker_beats(engine: Engine) -> N
         assert done is not None and done.status == "done" and done.attempts == 1
         assert done.claimed_by == slow.worker_id
         assert done.heartbeat_at is not None and done.claimed_at is not None
-        assert (done.heartbeat_at - done.claimed_at).total_seconds() >= 1.5  # it beat while it worked
+        assert (done.heartbeat_at - done.claimed_at).total_seconds() >= 3.0  # it beat while it worked
     assert other.process_one()  # step 1, after step 0
     assert slow.processed == other.processed == 1
 
