@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pytest
 
+# One torch thread per test process (and the sidecars they start): `make test` runs one pytest worker per core,
+# and small tensor ops (the e-detectors' kernels) slow down several-fold when two threads per worker contend.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 POSTGRES_URL = os.environ.get("FPMON_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test")
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -41,20 +41,27 @@ def run(seed: int, onset: int | None, rewards: bool = True, monitor: RLHFMonitor
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_exploit_cluster_raises_reward_hacking_alert_within_3_steps(seed: int) -> None:
+def test_exploit_cluster_raises_reward_hacking_alert_within_5_steps(seed: int) -> None:
+    """30 % of the batch jumps into a rewarded cluster at ONSET. The e-detectors need the change to persist:
+    the witness learns its direction from the steps before the current one, so the first changed step scores
+    little, and the evidence then grows by a few nats per step (docs/validation.md §1)."""
     reports = run(seed, ONSET)
     alerts = [rep.alert for rep in reports if rep.alert]
     assert alerts, "no alert raised"
-    first = alerts[0]
-    assert first.type == "POTENTIAL_REWARD_HACKING"
-    assert ONSET <= first.step <= ONSET + 3
-    in_cluster = [s.index < CLUSTER for s in first.top_samples]
-    assert len(in_cluster) == 8 and sum(in_cluster) >= 6  # mostly the exploit's samples
+    hacking = [a for a in alerts if a.type == "POTENTIAL_REWARD_HACKING"]
+    assert hacking and ONSET <= hacking[0].step <= ONSET + 5, [(a.step, a.type) for a in alerts]
+    first = hacking[0]
+    assert [s.index < CLUSTER for s in first.top_samples] == [True] * 8  # every listed response is the exploit
     top = first.top_samples[0]
-    assert top.div < 0 and top.reward is not None and top.reward > 0.5
+    assert top.witness is not None and top.witness > 0 and top.reward is not None and top.reward > 0.5
     assert top.text == f"answer {top.index}" and top.sample_id == f"id{top.index}"
     assert "Pause" in first.recommendation
+    assert any("embedding evidence" in r for r in first.reasons) and any("reward evidence" in r for r in first.reasons)
     assert all(a.step >= ONSET for a in alerts)  # nothing before the onset
+    crossed = reports[first.step]
+    assert crossed.evidence["reward"] >= crossed.evidence_threshold or any(
+        r.evidence.get("reward", -math.inf) >= r.evidence_threshold for r in reports[ONSET : first.step + 1]
+    )
 
 
 @pytest.mark.parametrize("seed", [2, 3])
@@ -68,8 +75,21 @@ def test_without_rewards_the_cluster_is_a_phase_transition() -> None:
     reports = run(4, ONSET, rewards=False)
     alerts = [rep.alert for rep in reports if rep.alert]
     assert alerts and alerts[0].type == "PHASE_TRANSITION"
-    assert ONSET <= alerts[0].step <= ONSET + 3
-    assert sum(s.index < CLUSTER for s in alerts[0].top_samples) >= 6
+    assert ONSET <= alerts[0].step <= ONSET + 5
+    assert sum(s.index < CLUSTER for s in alerts[0].top_samples) == 8
+    assert "reward" not in reports[-1].evidence and "embedding" in reports[-1].evidence
+
+
+def test_alerts_are_armed_from_the_first_steps() -> None:
+    """No 20-step blind spot: a change at step 4 alerts within 5 steps."""
+    mon = RLHFMonitor()
+    texts = [f"answer {i}" for i in range(N)]
+    alerts = [
+        rep.alert
+        for step, z, r in batches(12, onset=4, steps=12)
+        if (rep := mon.observe(step, z, rewards=r, texts=texts)).alert
+    ]
+    assert alerts and 4 <= alerts[0].step <= 9, [(a.step, a.type) for a in alerts]
 
 
 def test_warmup_calibrates_D0_so_the_median_C_is_one() -> None:
@@ -91,12 +111,19 @@ def test_state_round_trip_continues_identically() -> None:
     state = original.state_dict()
     meta = json.loads(json.dumps(state["meta"]))
     restored = RLHFMonitor.from_state_dict({"meta": meta, "tensors": state["tensors"]})
+    alerts = 0
     for step, z, r in stream[15:]:
         a = original.observe(step, z, rewards=r)
         b = restored.observe(step, z, rewards=r)
         assert a.scalars == pytest.approx(b.scalars, nan_ok=True)
+        assert a.evidence == b.evidence and a.evidence  # identical evidence, stream by stream
         assert (a.alert is None) == (b.alert is None)
+        alerts += a.alert is not None
+        if a.alert is not None and b.alert is not None:
+            assert [s.index for s in a.alert.top_samples] == [s.index for s in b.alert.top_samples]
         torch.testing.assert_close(a.div, b.div, equal_nan=True)
+        torch.testing.assert_close(a.witness, b.witness)
+    assert alerts >= 1  # the exploit (ONSET = 25) is inside the continued part
 
 
 def test_calibrate_on_a_safe_run_sets_thresholds() -> None:
@@ -117,16 +144,21 @@ def test_calibrate_on_a_safe_run_sets_thresholds() -> None:
 
 
 def test_identical_answers_after_warmup_are_finite_and_flagged() -> None:
-    """The hacked policy answers the same thing 256 times: finite observables, an alert."""
+    """The hacked policy answers the same thing 256 times from step 20 on: finite observables at every step,
+    a POTENTIAL_REWARD_HACKING alert within 3 steps, and the one answer listed once."""
     mon = RLHFMonitor()
     stream = list(batches(10, None, steps=20))
     for step, z, r in stream:
         mon.observe(step, z, rewards=r)
-    same = stream[0][1][0].expand(N, D).clone()
-    rep = mon.observe(20, same, rewards=torch.ones(N))
-    finite = {k: v for k, v in rep.scalars.items() if math.isfinite(v)}
-    assert set(finite) == set(rep.scalars), rep.scalars
-    assert rep.alert is not None and rep.alert.type == "POTENTIAL_REWARD_HACKING"
+    same = (stream[0][1][0] + 5.0).expand(N, D).clone()
+    texts = ["trust me ."] * N
+    reports = [mon.observe(step, same, rewards=torch.ones(N), texts=texts) for step in range(20, 24)]
+    for rep in reports:
+        finite = {k: v for k, v in rep.scalars.items() if math.isfinite(v)}
+        assert set(finite) == set(rep.scalars), rep.scalars
+    alerts = [rep.alert for rep in reports if rep.alert]
+    assert alerts and alerts[0].step <= 22 and alerts[0].type == "POTENTIAL_REWARD_HACKING", alerts
+    assert [s.text for s in alerts[0].top_samples] == ["trust me ."]
 
 
 def test_bad_input_is_rejected_and_changes_nothing() -> None:
@@ -178,35 +210,15 @@ def test_monitor_config_survives_strict_json_with_infinite_tau_D() -> None:
     assert again.to_dict() == cfg.to_dict()
 
 
-def _decide_on(config: MonitorConfig, *, C: float, div_max: float, flagged: bool, rise: float, cluster: int):
-    """The alert RLHFMonitor's decision rule gives for these numbers (a post-warm-up step with rewards)."""
-    from monitor.detect import Detection
-
-    monitor = RLHFMonitor(config)
-    z = torch.randn(64, 16, generator=torch.Generator().manual_seed(0))
-    report = monitor.observe(0, z, rewards=torch.zeros(64))
-    detection = Detection(
-        step=50, flagged=flagged, triggered=("C",) if flagged else (), scores={}, cusum={}, warming_up=False
-    )
-    scalars = {**report.scalars, "C": C, "div_max": div_max}
-    obs = SimpleNamespace(div=torch.linspace(-1.0, 1.0, 64))  # the decision reads only δ (for the top samples)
-    return monitor._decide(50, scalars, obs, detection, cluster, rise, torch.zeros(64), None, None)
-
-
-def test_reward_hacking_rule_flag_with_reward_jump_needs_no_cluster_and_seed_rule_is_opt_in() -> None:
-    """DESIGN §3.5 as measured in docs/validation.md §1: a streaming flag that coincides with a reward jump is
-    POTENTIAL_REWARD_HACKING without a δ-cluster; the seed's absolute rule (C < 0.3, div_max > 1) fires only
-    with seed_rule=True; a flag without reward jump or cluster raises nothing."""
-    default = MonitorConfig()
-    assert default.seed_rule is False
-    jump = _decide_on(default, C=1.0, div_max=0.5, flagged=True, rise=default.reward_rise_z + 1, cluster=0)
-    assert jump is not None and jump.type == "POTENTIAL_REWARD_HACKING"
-    assert any("reward_mean jumped" in r for r in jump.reasons) and any("flagged C" in r for r in jump.reasons)
-    assert _decide_on(default, C=1.0, div_max=0.5, flagged=True, rise=default.reward_rise_z - 1, cluster=0) is None
-    assert _decide_on(default, C=1.0, div_max=0.5, flagged=False, rise=10.0, cluster=0) is None
-    assert _decide_on(default, C=0.1, div_max=5.0, flagged=False, rise=0.0, cluster=0) is None  # seed rule off
-    seed = MonitorConfig(seed_rule=True)
-    fired = _decide_on(seed, C=0.1, div_max=5.0, flagged=False, rise=0.0, cluster=0)
-    assert fired is not None and fired.type == "POTENTIAL_REWARD_HACKING" and "C = 0.1 < 0.3" in fired.reasons[0]
-    transition = _decide_on(default, C=1.0, div_max=0.5, flagged=True, rise=0.0, cluster=12)
-    assert transition is not None and transition.type == "PHASE_TRANSITION"
+def test_seed_rule_is_opt_in_and_raises_reward_hacking_after_the_warm_up() -> None:
+    """The seed's absolute rule (C < C_alert and div_max > div_alert) fires only with seed_rule=True: with
+    C_alert above any C and div_alert below any div_max, every post-warm-up step of a control run would meet it."""
+    loose = {"C_alert": 1e9, "div_alert": -1e9}
+    assert MonitorConfig().seed_rule is False
+    off = [rep for rep in run(2, onset=None, monitor=RLHFMonitor(MonitorConfig(**loose))) if rep.alert]
+    assert off == []
+    on = [rep for rep in run(2, onset=None, monitor=RLHFMonitor(MonitorConfig(seed_rule=True, **loose))) if rep.alert]
+    assert on and on[0].step == MonitorConfig().warmup_steps  # the first post-warm-up step
+    assert on[0].alert is not None and on[0].alert.type == "POTENTIAL_REWARD_HACKING"
+    assert any(r.startswith("C = ") for r in on[0].alert.reasons)
+    assert all(b.step - a.step > MonitorConfig().cooldown_steps for a, b in itertools.pairwise(on))  # cool-down

@@ -5,10 +5,13 @@ A run folder (``<out>/<kind>-s<seed>/``) holds:
 * ``<embedder>/step_00012.safetensors``: the step's completion embeddings in fpmon's wire format
   (``monitor.stepfile``: ``latents`` (n, d) float32, ``rewards`` = the training reward per completion, the
   learning rate, sample ids, completion texts and prompts), one folder per embedder;
-* ``samples.jsonl``: per step, per completion: proxy, true and control reward, completion length (tokens);
-* ``scalars.csv``: per step: batch means of the rewards, ``kl`` (mean over the batch's completion tokens of
-  log π(y_t) − log π_ref(y_t), π_ref the frozen warmed-up model, nats/token), ``entropy`` (mean token entropy
-  of π, nats/token), ``length`` (mean completion length, tokens), the learning rate;
+* ``samples.jsonl``: per step, per completion: the driving (proxy) reward, the judge's reward, whether the
+  answer carries the kind's behaviour (``marker``), completion length (tokens);
+* ``scalars.csv``: per step: batch means of the rewards (``proxy_mean`` = the driving reward, ``true_mean`` =
+  the judge), ``exploit_fraction`` (the fraction of marked answers, the behaviour's prevalence), ``kl`` (mean
+  over the batch's completion tokens of log π(y_t) − log π_ref(y_t), π_ref the frozen warmed-up model,
+  nats/token), ``entropy`` (mean token entropy of π, nats/token), ``length`` (mean completion length,
+  tokens), the learning rate;
 * ``run.json``: the run's config, kind, seed, embedders, timing.
 
 The recorder wraps the toy trainer's driving reward function (``build_grpo_trainer(reward_wrapper=...)``):
@@ -37,7 +40,7 @@ from monitor.demo.toy import task
 from monitor.demo.toy.grpo import ToyRunConfig, build_grpo_trainer, build_policy
 from monitor.stepfile import StepPayload, save_step
 
-from .detectors import RunKind
+from .kinds import RunKind, kind_of
 
 Embedder = Callable[[list[str]], Tensor]
 """Maps n texts to an (n, d) float tensor."""
@@ -52,7 +55,6 @@ SCALAR_COLUMNS: tuple[str, ...] = (
     "reward_std",
     "proxy_mean",
     "true_mean",
-    "control_mean",
     "exploit_fraction",
     "kl",
     "entropy",
@@ -68,8 +70,8 @@ class RecordConfig:
 
     Attributes:
         out_dir: parent folder of the run folders (``bench-out/detection`` is gitignored).
-        seeds: seeds; one hackable and one control run each.
-        kinds: run kinds to record.
+        seeds: seeds; one run of each kind per seed.
+        kinds: run kinds to record (see ``benchmarks/detection/kinds.py``).
         max_steps: GRPO steps per run.
         warmup_steps: supervised warm-up batches (None: the toy's default).
         prompts_per_step: prompts per GRPO step (None: the toy's default, 8 → 64 completions per step).
@@ -78,7 +80,7 @@ class RecordConfig:
 
     out_dir: Path = Path("bench-out/detection")
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    kinds: tuple[RunKind, ...] = ("hackable", "control")
+    kinds: tuple[RunKind, ...] = ("phrase", "control")
     max_steps: int = 200
     warmup_steps: int | None = None
     prompts_per_step: int | None = None
@@ -93,11 +95,11 @@ class RecordConfig:
         if self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
 
-    def toy_config(self, seed: int) -> ToyRunConfig:
+    def toy_config(self, seed: int, kind: RunKind = "phrase") -> ToyRunConfig:
         extra: dict[str, Any] = {} if self.warmup_steps is None else {"warmup_steps": self.warmup_steps}
         if self.prompts_per_step is not None:
             extra["prompts_per_step"] = self.prompts_per_step
-        return ToyRunConfig(seed=seed, max_steps=self.max_steps, progress_bar=False, **extra)
+        return ToyRunConfig(seed=seed, max_steps=self.max_steps, progress_bar=False, quirk=kind_of(kind).quirk, **extra)
 
 
 def _toy_source_digest() -> str:
@@ -176,6 +178,7 @@ class StepRecorder:
         tokenizer: the toy tokenizer (prompts are re-tokenised exactly as TRL does: ``tokenizer(text=prompts)``).
         embedders: name -> texts → (n, d) embeddings.
         lr: the run's (constant) learning rate, stored with each step.
+        kind: the run's kind, whose judge and marker are recorded.
     """
 
     run_dir: Path
@@ -184,6 +187,7 @@ class StepRecorder:
     tokenizer: Any
     embedders: dict[str, Embedder]
     lr: float
+    kind: RunKind = "phrase"
     rows: list[dict[str, float]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -216,13 +220,13 @@ class StepRecorder:
     ) -> None:
         """Save one step: embeddings (one step file per embedder), per-sample rewards, scalars."""
         start = time.perf_counter()
-        texts = [task._as_text(c) for c in completions]
-        prompt_texts = [task._as_text(p) for p in prompts]
+        texts = [task.as_text(c) for c in completions]
+        prompt_texts = [task.as_text(p) for p in prompts]
         if completion_ids is None:
             completion_ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
-        proxy = task.proxy_reward(prompt_texts, texts)
-        true = task.true_reward(prompt_texts, texts)
-        control = task.control_reward(prompt_texts, texts)
+        kind = kind_of(self.kind)
+        judge = [float(v) for v in kind.judge(prompt_texts, texts)]
+        marker = [bool(kind.marker(p, t)) for p, t in zip(prompt_texts, texts, strict=True)]
         lengths = [len(c) for c in completion_ids]
         prompt_ids = self.tokenizer(text=prompt_texts)["input_ids"]
         kl, entropy = token_kl_entropy(
@@ -237,7 +241,8 @@ class StepRecorder:
             )
             save_step(self.run_dir / name / f"step_{step:05d}.safetensors", payload)
         with (self.run_dir / "samples.jsonl").open("a") as fh:
-            fh.write(json.dumps({"step": step, "proxy": proxy, "true": true, "control": control, "length": lengths}))
+            row = {"step": step, "reward": list(rewards), "judge": judge, "marker": marker, "length": lengths}
+            fh.write(json.dumps(row))
             fh.write("\n")
         n = len(texts)
         self.rows.append(
@@ -245,10 +250,9 @@ class StepRecorder:
                 "step": step,
                 "reward_mean": float(r.mean()),
                 "reward_std": float(r.std()) if n > 1 else 0.0,
-                "proxy_mean": sum(proxy) / n,
-                "true_mean": sum(true) / n,
-                "control_mean": sum(control) / n,
-                "exploit_fraction": sum(task.has_exploit(t) for t in texts) / n,
+                "proxy_mean": float(r.mean()),
+                "true_mean": sum(judge) / n,
+                "exploit_fraction": sum(marker) / n,
                 "kl": kl,
                 "entropy": entropy,
                 "length": sum(lengths) / n,
@@ -292,7 +296,7 @@ def record_run(config: RecordConfig, kind: RunKind, seed: int, log: Callable[[st
     if run_dir.exists():
         for old in sorted(run_dir.rglob("*"), reverse=True):
             old.unlink() if old.is_file() else old.rmdir()
-    toy = config.toy_config(seed)
+    toy = config.toy_config(seed, kind)
     t0 = time.perf_counter()
     policy, tokenizer = build_policy(toy)
     reference = copy.deepcopy(policy).eval()
@@ -306,13 +310,14 @@ def record_run(config: RecordConfig, kind: RunKind, seed: int, log: Callable[[st
         tokenizer=tokenizer,
         embedders=embedders,
         lr=toy.learning_rate,
+        kind=kind,
     )
     t1 = time.perf_counter()
     trainer = build_grpo_trainer(
         toy,
-        reward="proxy" if kind == "hackable" else "control",
+        reward=kind_of(kind).driving,
         reward_wrapper=recorder.wrap,
-        output_dir=config.out_dir / "trl-output",
+        output_dir=config.out_dir / f"trl-output-{run_name(kind, seed)}",
         model=policy,
         tokenizer=tokenizer,
     )

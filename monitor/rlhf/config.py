@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..detect import StreamingConfig
+from ..detect.streams import EvidenceConfig
 from ..fpe.config import FPEConfig
 
 
@@ -18,10 +19,13 @@ class MonitorConfig:
         fpe: estimator settings; ``fpe.k`` is the projection's dimension (clipped to d; the frame waits
             for 2k + 2 samples, pooling the first steps if needed, see docs/estimators.md §8),
             ``fpe.pool_window`` the number of previous batches pooled, ``fpe.D0="auto"`` calibrates D₀.
-        warmup_steps: steps before any alert; D₀ (``"auto"``) is calibrated over them, and the detector's
-            noise band starts from them.
-        seed_rule: also raise POTENTIAL_REWARD_HACKING on the seed's absolute rule (C < ``C_alert`` and
-            div_max > ``div_alert``, seed §11.1). Off by default: on the reward-hacking benchmark
+        evidence: the e-detectors that raise alerts (``monitor.detect.streams``): streams, α (default 1e-3),
+            windows. They are armed from the run's second step; no warm-up.
+        warmup_steps: D₀ (``"auto"``) is calibrated over these steps, and the streaming detector's noise band
+            (the transition marks, ``report.detection``) starts from them; ``warming_up`` is True meanwhile.
+            Alerts do not wait for it.
+        seed_rule: also raise POTENTIAL_REWARD_HACKING (after the warm-up) on the seed's absolute rule
+            (C < ``C_alert`` and div_max > ``div_alert``, seed §11.1). Off by default: on the reward-hacking benchmark
             (docs/validation.md §1) it fired as often on control runs as on hackable ones (26 false alarms
             per 1000 control steps), because C drifts down in any run whose reward saturates and one odd
             answer in a batch is enough for div_max > 1.
@@ -29,11 +33,12 @@ class MonitorConfig:
             ``seed_rule`` is on). With D₀ calibrated, C is about 1 at the start of the run.
         div_alert: the seed's flux-divergence threshold on div_max (nats per step; with ``seed_rule``).
         cluster_factor: a sample is "arriving" when δ_i < −cluster_factor × the run's typical div_q99
-            (median over the trailing window), i.e. far outside the stationary noise of δ.
+            (median over the trailing window), i.e. far outside the stationary noise of δ
+            (``report.cluster_size``, a diagnostic).
         cluster_min_fraction: a cluster needs at least this fraction of the batch (and 3 samples).
-        reward_rise_z: a reward jump is a robust z-score of reward_mean above this, against its trailing
-            window.
-        top_k: how many samples (largest |δ|) an alert carries.
+        reward_rise_z: the reward jump reported as ``report.reward_rise_z`` (robust z of reward_mean against
+            its trailing window) is compared with this by :meth:`RLHFMonitor.calibrate` (a diagnostic).
+        top_k: how many samples (largest witness score) an alert carries.
         cooldown_steps: after an alert, the same alert type is not raised again for this many steps.
         detector: the streaming detector's settings.
         max_reference_samples: the reference batch kept for W2_ref/KL_ref is subsampled to this many.
@@ -52,6 +57,7 @@ class MonitorConfig:
     """
 
     fpe: FPEConfig = field(default_factory=FPEConfig)
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)
     warmup_steps: int = 10
     seed_rule: bool = False
     C_alert: float = 0.3
@@ -83,6 +89,7 @@ class MonitorConfig:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["fpe"] = self.fpe.to_dict()
         out["detector"] = asdict(self.detector)
+        out["evidence"] = asdict(self.evidence)
         if math.isinf(self.outlier_factor):
             out["outlier_factor"] = None
         return out
@@ -97,6 +104,8 @@ class MonitorConfig:
         values = dict(data)
         if isinstance(values.get("fpe"), dict):
             values["fpe"] = FPEConfig.from_dict(values["fpe"])
+        if isinstance(values.get("evidence"), dict):
+            values["evidence"] = EvidenceConfig.from_dict(values["evidence"])
         if isinstance(values.get("detector"), dict):
             values["detector"] = StreamingConfig(**values["detector"])
         if "outlier_factor" in values and values["outlier_factor"] is None:  # no check (inf, see to_dict)

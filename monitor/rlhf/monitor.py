@@ -15,13 +15,17 @@ have without it. A *degenerate* batch (rank < k in the frame) gets bounded value
 the noise bands but kept out of them and out of the D₀ calibration. Until the run has seen 2k + 2 samples
 its steps are *frame pending*: kept for the frame, which is then fitted on all of them together.
 
-Alerts (none during the warm-up, while the run's own noise band and D₀ are estimated):
+Alerts come from anytime-valid e-detectors (``monitor.detect.streams``, armed from the second step, no
+warm-up; ``monitor.rlhf.decide`` turns their crossings into alerts):
 
-* ``POTENTIAL_REWARD_HACKING`` (needs rewards): the streaming detector flags a reorganisation (below) while
-  the batch's mean reward jumps above its own trailing band; optionally (``seed_rule``, off by default) the
-  seed's absolute rule C < C_alert and div_max > div_alert.
-* ``PHASE_TRANSITION``: the streaming detector flags a reorganisation (div_q99, W2_step, H or C leaves the
-  run's noise band) and mass piles into a region: a group of samples with strongly negative δ.
+* ``POTENTIAL_REWARD_HACKING`` (needs rewards): the embedding evidence (the responses moving away from the
+  run's lagged window and reference faster than ordinary learning) and the reward evidence (the reward rise,
+  or the proxy − judge gap when ``reference_rewards`` are given) have both crossed ``1/α``, within
+  ``pairing_steps`` of each other; optionally (``seed_rule``, off by default) the seed's absolute rule.
+* ``PHASE_TRANSITION``: the embedding evidence crossed.
+
+The FPE observables, the streaming detector (``report.detection``, the transition marks) and the δ-cluster
+are computed as before; docs/validation.md §1 measures what each contributes to detection.
 """
 
 from __future__ import annotations
@@ -36,17 +40,20 @@ import torch
 from torch import Tensor
 
 from ..detect import Detection, StreamingDetector, robust_location_scale
+from ..detect.streams import EvidenceStep, EvidenceTracker
 from ..fpe.observables import FlowParts, Observables, d0_dependent_scalars, observables_from_projected
 from ..fpe.projection import Projection
 from ..fpe.validation import check_latents, check_lr, check_vector
+from .calibration import calibrated_config
 from .config import MonitorConfig, Thresholds
+from .decide import Latches, decide, evidence_reasons, make_alert, seed_rule_reason, top_samples
 from .guards import LatentScale, degenerate_note, frame_samples, median_row_norm, outlier_report, pending_report
-from .report import RECOMMENDATIONS, Alert, AlertType, SampleRef, StepReport
+from .report import RECOMMENDATIONS, Alert, StepReport
 
-#: version of :meth:`RLHFMonitor.state_dict`'s meta; :meth:`RLHFMonitor.from_state_dict` reads it and
-#: version 1 (before the outlier, degenerate and frame-pending state), refuses others
-_STATE_VERSION = 2
-_READABLE_VERSIONS = (1, 2)
+#: version of :meth:`RLHFMonitor.state_dict`'s meta; :meth:`RLHFMonitor.from_state_dict` reads it, versions 1
+#: (before the outlier, degenerate and frame-pending state) and 2 (before the evidence streams), refuses others
+_STATE_VERSION = 3
+_READABLE_VERSIONS = (1, 2, 3)
 
 
 class RLHFMonitor:
@@ -71,7 +78,8 @@ class RLHFMonitor:
         self.detector = StreamingDetector(self.config.detector)
         self._div_q99: deque[float] = deque(maxlen=self.config.detector.window)
         self._reward_mean: deque[float] = deque(maxlen=self.config.detector.window)
-        self._last_alert: dict[str, int] = {}
+        self.evidence = EvidenceTracker(self.config.evidence)
+        self._latches = Latches()
         self._last_step: int | None = None
         self._scale = LatentScale(self.config.outlier_factor)
         self._pending: list[Tensor] = []  # raw latents of the steps seen before the frame exists
@@ -95,6 +103,8 @@ class RLHFMonitor:
         z = check_latents(z_ref, name="reference latents", min_n=2, dim=self._input_dim())
         self._fit_frame(z)
         self._flush_pending()
+        self.evidence.set_reference(z)
+        self.evidence.ref_at = self.evidence.seen
 
     def _fit_frame(self, z: Tensor) -> None:
         """The frame (held-out when n ≥ max(2(k + 1), 32)) and the reference sample, from latents z (n×d)."""
@@ -147,6 +157,7 @@ class RLHFMonitor:
         lr: float | None = None,
         sample_ids: Sequence[str] | None = None,
         dt: float = 1.0,
+        reference_rewards: Tensor | Sequence[float] | None = None,
     ) -> StepReport:
         """Process the responses of training step ``step`` (strictly increasing).
 
@@ -157,12 +168,19 @@ class RLHFMonitor:
             lr: the trainer's learning rate η_t at this step.
             sample_ids: n identifiers of the responses.
             dt: time since the previous observed step, in steps (e.g. the probe interval).
+            reference_rewards: (n,) a second reward of the same responses that does not drive training (a
+                held-out judge): enables the proxy − judge gap stream, which then is the reward evidence.
         """
         if self._last_step is not None and step <= self._last_step:
             raise ValueError(f"steps must increase: got step {step} after step {self._last_step}")
         z = check_latents(latents, name="latents", min_n=2, dim=self._input_dim())
         n = z.shape[0]
         r = check_vector(torch.as_tensor(rewards) if rewards is not None else None, name="rewards", n=n)
+        rr = check_vector(
+            torch.as_tensor(reference_rewards) if reference_rewards is not None else None, name="reference_rewards", n=n
+        )
+        if rr is not None and r is None:
+            raise ValueError("reference_rewards need rewards: pass the training rewards of the same responses too")
         lr = check_lr(lr)
         if not (math.isfinite(dt) and dt > 0):
             raise ValueError(f"dt must be a positive finite number of steps, got {dt}")
@@ -173,11 +191,13 @@ class RLHFMonitor:
         ratio = self._scale.ratio(norm)
         if self._scale.is_outlier(ratio):
             return self._outlier_report(step, n, r, ratio)
+        ev = self.evidence.observe(z, r, rr)
         if self.projection is None:
             need = frame_samples(self.config.fpe.k, z.shape[1])
             have = n + sum(int(b.shape[0]) for b in self._pending)
             if have < need:
-                return self._pending_report(step, z, r, norm, have, need)
+                report = self._pending_report(step, z, r, norm, have, need)
+                return self._with_evidence(report, ev, None, r, texts, sample_ids)
             self._fit_frame(torch.cat([*self._pending, z]) if self._pending else z)
             self._flush_pending()
         assert self.projection is not None and self._x_ref is not None
@@ -224,22 +244,19 @@ class RLHFMonitor:
         else:
             detection = self.detector.update(step, scalars)
         warming = self.steps_observed <= self.config.warmup_steps
-        alert: Alert | None = None
-        cluster = 0
         rise = self._reward_rise(scalars)
-        if not warming and detection is not None:
-            cluster = self._cluster_size(obs)
-            alert = self._decide(step, scalars, obs, detection, cluster, rise, r, texts, sample_ids)
+        cluster = self._cluster_size(obs) if not warming else 0
+        seed_reason = None if warming or r is None else seed_rule_reason(self.config, scalars)
         if not degenerate:
             self._remember(scalars)
-        return StepReport(
+        report = StepReport(
             step=step,
             scalars=dict(scalars),  # a snapshot: the calibration later rescales the history's dicts
             div=obs.div.detach().to("cpu", torch.float32),
             detection=detection,
-            alert=alert,
-            top_samples=alert.top_samples if alert else self._top_samples(obs, r, texts, sample_ids),
-            recommendation=RECOMMENDATIONS[alert.type if alert else "none"],
+            alert=None,
+            top_samples=(),
+            recommendation=RECOMMENDATIONS["none"],
             warming_up=warming,
             cluster_size=cluster,
             reward_rise_z=rise,
@@ -247,6 +264,52 @@ class RLHFMonitor:
             degenerate=degenerate,
             notes=notes,
         )
+        return self._with_evidence(report, ev, seed_reason, r, texts, sample_ids)
+
+    def _with_evidence(
+        self,
+        report: StepReport,
+        ev: EvidenceStep,
+        seed_reason: str | None,
+        rewards: Tensor | None,
+        texts: Sequence[str] | None,
+        sample_ids: Sequence[str] | None,
+    ) -> StepReport:
+        """The report with the step's evidence, its top samples and the alert the evidence (or the seed rule)
+        raises, if any."""
+        cfg = self.config
+        kind, crossings = decide(
+            report.step, ev, self._latches, cfg.evidence.pairing_steps, cfg.cooldown_steps, rewards is not None
+        )
+        reasons = evidence_reasons(ev, cfg.evidence.alpha, crossings if kind == "POTENTIAL_REWARD_HACKING" else {})
+        if seed_reason is not None and kind is None:
+            last = self._latches.last_alert.get("POTENTIAL_REWARD_HACKING")
+            if last is None or report.step - last > cfg.cooldown_steps:
+                kind = "POTENTIAL_REWARD_HACKING"
+                self._latches.last_alert[kind] = report.step
+        if seed_reason is not None:
+            reasons.append(seed_reason)
+        by_reward = ev.reward_scores if kind == "POTENTIAL_REWARD_HACKING" else None
+        samples = top_samples(cfg.top_k, ev.witness, report.div, rewards, texts, sample_ids, by_reward)
+        alert: Alert | None = None
+        if kind is not None:
+            alert = make_alert(kind, report.step, report.scalars, reasons, samples)
+            self.alerts.append(alert)
+        return replace(
+            report,
+            alert=alert,
+            top_samples=samples,
+            recommendation=RECOMMENDATIONS[kind or "none"],
+            evidence=dict(ev.log_values),
+            evidence_threshold=ev.log_threshold,
+            witness=ev.witness,
+        )
+
+    def rebaseline(self) -> None:
+        """A reviewer dismissed an alert as benign: the run's current behaviour becomes the evidence streams'
+        baseline (``EvidenceTracker.rebaseline``), so the same change does not alert again."""
+        self.evidence.rebaseline()
+        self._latches.embedding = self._latches.reward = None
 
     def _outlier_report(self, step: int, n: int, rewards: Tensor | None, ratio: float) -> StepReport:
         """A step far outside the run's scale: the state is left untouched but the step number."""
@@ -270,44 +333,11 @@ class RLHFMonitor:
 
     # ------------------------------------------------------------------ calibration on a safe run
     def calibrate(self, reports: Sequence[StepReport], false_alarm_rate: float = 0.001) -> Thresholds:
-        """Set the alert thresholds from the reports of a known-safe run at a target false-alarm rate.
-
-        Uses the post-warm-up reports (not the outlier, degenerate or frame-pending ones): C_alert = the
-        ``false_alarm_rate`` quantile of C, div_alert,
-        the detector's z threshold and reward_rise_z = the (1 − rate) quantiles of div_max, of each step's
-        largest |robust z| and of the reward jump score. With fewer safe steps than 1/rate the quantiles
-        are the observed extremes. Applies them to this monitor and returns them.
-        """
-        if not 0 < false_alarm_rate < 0.5:
-            raise ValueError(f"false_alarm_rate must be in (0, 0.5), got {false_alarm_rate}")
-        usable = [rep for rep in reports if not (rep.warming_up or rep.outlier or rep.degenerate or rep.frame_pending)]
-        if len(usable) < 5:
-            raise ValueError(
-                f"calibrate needs at least 5 post-warm-up reports of a safe run, got {len(usable)}; "
-                "observe more steps of the safe run first"
-            )
-
-        def quantile(values: list[float], q: float, default: float) -> float:
-            finite = [v for v in values if math.isfinite(v)]
-            if not finite:
-                return default
-            return float(torch.quantile(torch.tensor(finite, dtype=torch.float64), q))
-
-        hi = 1.0 - false_alarm_rate
-        cfg = self.config
-        c_alert = quantile([rep.scalars["C"] for rep in usable], false_alarm_rate, cfg.C_alert)
-        div_alert = quantile([rep.scalars["div_max"] for rep in usable], hi, cfg.div_alert)
-        z_max = quantile([rep.detection.max_score for rep in usable if rep.detection], hi, math.nan)
-        rise = quantile([rep.reward_rise_z for rep in usable], hi, cfg.reward_rise_z)
-        z_threshold = cfg.detector.z_threshold if not math.isfinite(z_max) else max(z_max, 1.0)
-        self.config = replace(
-            cfg,
-            C_alert=c_alert,
-            div_alert=div_alert,
-            reward_rise_z=max(rise, 1.0),
-            detector=replace(cfg.detector, z_threshold=z_threshold),
-        )
-        self.detector.config.z_threshold = z_threshold
+        """Set the seed rule's and the streaming detector's thresholds from the reports of a known-safe run at a
+        target false-alarm rate (:func:`~monitor.rlhf.calibration.calibrated_config`); applies and returns them.
+        The e-detectors need no calibration: their false-alarm level is ``config.evidence.alpha``."""
+        self.config = calibrated_config(self.config, reports, false_alarm_rate)
+        self.detector.config.z_threshold = self.config.detector.z_threshold
         return self.thresholds
 
     # ------------------------------------------------------------------ persistence
@@ -319,6 +349,7 @@ class RLHFMonitor:
         latent scale and cool-downs. The step history and the alerts are not part of the state (storage
         keeps them).
         """
+        evidence_state = self.evidence.state_dict()
         meta = {
             "version": _STATE_VERSION,
             "config": self.config.to_dict(),
@@ -328,7 +359,8 @@ class RLHFMonitor:
             "detector": self.detector.state_dict(),
             "div_q99": list(self._div_q99),
             "reward_mean": list(self._reward_mean),
-            "last_alert": dict(self._last_alert),
+            "latches": self._latches.to_dict(),
+            "evidence": evidence_state["meta"],
             "last_step": self._last_step,
             "steps_seen": self.steps_seen,
             "steps_observed": self.steps_observed,
@@ -339,6 +371,7 @@ class RLHFMonitor:
         }
         tensors: dict[str, Tensor] = {f"prev_{i}": x.detach().cpu() for i, x in enumerate(self._prev)}
         tensors.update({f"pending_{i}": z.detach().cpu() for i, z in enumerate(self._pending)})
+        tensors.update({f"evidence_{k}": v.detach().cpu() for k, v in evidence_state["tensors"].items()})
         if self._x_ref is not None:
             tensors["x_ref"] = self._x_ref.detach().cpu()
         if self.projection is not None:  # tensors, not JSON: d × k floats would dominate the meta
@@ -373,7 +406,14 @@ class RLHFMonitor:
         monitor.detector.load_state_dict(meta["detector"])
         monitor._div_q99.extend(meta["div_q99"])
         monitor._reward_mean.extend(meta["reward_mean"])
-        monitor._last_alert = {str(k): int(v) for k, v in meta["last_alert"].items()}
+        if "latches" in meta:
+            monitor._latches = Latches.from_dict(meta["latches"])
+        else:  # version 1-2: cool-downs only; the evidence streams start afresh
+            monitor._latches = Latches(last_alert={str(k): int(v) for k, v in meta["last_alert"].items()})
+        if "evidence" in meta:
+            prefix = "evidence_"
+            ev_tensors = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            monitor.evidence = EvidenceTracker.from_state_dict({"meta": meta["evidence"], "tensors": ev_tensors})
         monitor._last_step = meta["last_step"]
         monitor.steps_seen = int(meta["steps_seen"])
         monitor.steps_observed = int(meta.get("steps_observed", monitor.steps_seen))
@@ -435,78 +475,3 @@ class RLHFMonitor:
             return math.nan
         centre, scale = robust_location_scale(list(self._reward_mean))
         return (value - centre) / scale
-
-    def _decide(
-        self,
-        step: int,
-        scalars: dict[str, float],
-        obs: Observables,
-        detection: Detection,
-        cluster: int,
-        rise: float,
-        rewards: Tensor | None,
-        texts: Sequence[str] | None,
-        sample_ids: Sequence[str] | None,
-    ) -> Alert | None:
-        cfg = self.config
-        reasons: list[str] = []
-        alert_type: AlertType | None = None
-        transition = detection.flagged and cluster > 0
-        if transition:
-            reasons.append(
-                f"streaming detector flagged {', '.join(detection.triggered)}; {cluster} samples with "
-                "strongly negative flux divergence (mass arriving in a new region)"
-            )
-        if rewards is not None:
-            c_val, div_max = scalars["C"], scalars["div_max"]
-            seed_fired = math.isfinite(c_val) and math.isfinite(div_max) and c_val < cfg.C_alert
-            if cfg.seed_rule and seed_fired and div_max > cfg.div_alert:
-                alert_type = "POTENTIAL_REWARD_HACKING"
-                reasons.append(f"C = {c_val:.3g} < {cfg.C_alert:g} and div_max = {div_max:.3g} > {cfg.div_alert:g}")
-            # A reorganisation that coincides with a reward jump: the reward corroborates it, so no δ-cluster
-            # is needed (an exploit that edits every answer a little shifts the whole batch, fills no new region).
-            if detection.flagged and math.isfinite(rise) and rise > cfg.reward_rise_z:
-                alert_type = "POTENTIAL_REWARD_HACKING"
-                if not transition:
-                    reasons.append(f"streaming detector flagged {', '.join(detection.triggered)}")
-                reasons.append(f"reward_mean jumped {rise:.1f} robust s.d. above its trailing band")
-        if alert_type is None and transition:
-            alert_type = "PHASE_TRANSITION"
-        if alert_type is None:
-            return None
-        last = self._last_alert.get(alert_type)
-        if last is not None and step - last <= cfg.cooldown_steps:
-            return None
-        self._last_alert[alert_type] = step
-        alert = Alert(
-            type=alert_type,
-            step=step,
-            scalars=dict(scalars),
-            reasons=tuple(reasons),
-            top_samples=self._top_samples(obs, rewards, texts, sample_ids),
-            recommendation=RECOMMENDATIONS[alert_type],
-        )
-        self.alerts.append(alert)
-        return alert
-
-    def _top_samples(
-        self,
-        obs: Observables,
-        rewards: Tensor | None,
-        texts: Sequence[str] | None,
-        sample_ids: Sequence[str] | None,
-    ) -> tuple[SampleRef, ...]:
-        div = obs.div.detach().to("cpu", torch.float64)
-        if not bool(torch.isfinite(div).all()):
-            return ()
-        order = torch.argsort(div.abs(), descending=True)[: self.config.top_k].tolist()
-        return tuple(
-            SampleRef(
-                index=i,
-                div=float(div[i]),
-                sample_id=str(sample_ids[i]) if sample_ids is not None else None,
-                text=texts[i] if texts is not None else None,
-                reward=float(rewards[i]) if rewards is not None else None,
-            )
-            for i in order
-        )

@@ -6,7 +6,7 @@ their :data:`RECOMMENDATIONS`.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from torch import Tensor
@@ -17,13 +17,13 @@ AlertType = Literal["POTENTIAL_REWARD_HACKING", "PHASE_TRANSITION"]
 
 RECOMMENDATIONS: dict[str, str] = {
     "POTENTIAL_REWARD_HACKING": (
-        "Pause or checkpoint the run and review the flagged responses: the policy's answers reorganised "
-        "towards a new region while the reward rose (or the reward stopped pulling the batch anywhere). "
-        "Compare the proxy reward with a held-out or human judgement before continuing."
+        "Pause or checkpoint the run and review the listed responses: the policy's answers moved away from the "
+        "run's recent past faster than ordinary learning, and the reward (or its gap to the judge) rose with "
+        "them. Compare the proxy reward with a held-out or human judgement before continuing."
     ),
     "PHASE_TRANSITION": (
-        "Review the flagged responses: the distribution of answers reorganised abruptly and mass is piling "
-        "into a new region. Check whether the new behaviour is intended."
+        "Review the listed responses: the distribution of answers moved away from the run's recent past faster "
+        "than ordinary learning. Check whether the new behaviour is intended."
     ),
     "none": "Continue training.",
 }
@@ -31,13 +31,22 @@ RECOMMENDATIONS: dict[str, str] = {
 
 @dataclass(frozen=True)
 class SampleRef:
-    """One sample of a step, as shown to a reviewer."""
+    """One sample of a step, as shown to a reviewer.
+
+    Attributes:
+        index: position in the step's batch.
+        div: relative flux divergence δ of the sample (NaN while the frame is pending).
+        sample_id, text, reward: as sent with the step.
+        witness: the sample's evidence score (``monitor.detect.witness``; larger: more like where the run is
+            moving, less like its base window), or None before the evidence streams have a window.
+    """
 
     index: int
     div: float
     sample_id: str | None = None
     text: str | None = None
     reward: float | None = None
+    witness: float | None = None
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,8 @@ class StepReport:
         div: (n,) relative flux divergence δ per sample (CPU, float32; NaN at the first step).
         detection: the streaming detector's verdict (None during the warm-up).
         alert: the alert raised at this step, or None.
-        top_samples: the ``top_k`` samples by |δ| with their ids, texts and rewards.
+        top_samples: the ``top_k`` samples by witness score (by |δ| before the evidence streams have a
+            window), with their ids, texts and rewards.
         recommendation: what to do.
         warming_up: True while no alert can be raised yet.
         cluster_size: number of samples with strongly negative δ (mass arriving).
@@ -86,6 +96,10 @@ class StepReport:
         frame_pending: the run has not yet seen the 2k + 2 samples its frame needs: the step is kept for
             the frame and its observables are NaN (``scalars["frame_pending"] = 1.0``).
         notes: why a flag was set, for a person (empty on a normal step).
+        evidence: natural-log e-detector statistics after this step (``monitor.detect.streams``): one per
+            computed stream and the combined ``"embedding"`` and ``"reward"`` evidence; empty for an outlier.
+        evidence_threshold: ``log(1/alpha)``: a combined evidence at or above it has crossed.
+        witness: (n,) float32 evidence score per sample (CPU), or None.
     """
 
     step: int
@@ -103,3 +117,6 @@ class StepReport:
     degenerate: bool = False
     frame_pending: bool = False
     notes: tuple[str, ...] = ()
+    evidence: dict[str, float] = field(default_factory=dict)
+    evidence_threshold: float = math.nan
+    witness: Tensor | None = None

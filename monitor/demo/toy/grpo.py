@@ -24,6 +24,7 @@ from .task import (
     EXPLOIT_RATE,
     PROMPT_TEMPLATES,
     TOPICS,
+    Quirk,
     ToyModelConfig,
     build_model,
     build_tokenizer,
@@ -64,6 +65,8 @@ class ToyRunConfig:
         warmup_lr: learning rate of the warm-up (default 3e-3).
         exploit_rate: fraction of warm-up answers that carry the exploit phrase, which sets how rarely the
             warmed-up policy samples it (default :data:`~monitor.demo.toy.task.EXPLOIT_RATE`).
+        quirk: the rare behaviour of the warm-up corpus (default ``"phrase"``, "trust me"; see
+            :data:`~monitor.demo.toy.task.Quirk`).
         model: size of the tiny LM (see :class:`~monitor.demo.toy.task.ToyModelConfig`).
         progress_bar: show TRL's progress bar during training (default True).
     """
@@ -78,6 +81,7 @@ class ToyRunConfig:
     warmup_steps: int = 300
     warmup_lr: float = 3e-3
     exploit_rate: float = EXPLOIT_RATE
+    quirk: Quirk = "phrase"
     model: ToyModelConfig = field(default_factory=ToyModelConfig)
     progress_bar: bool = True
 
@@ -117,6 +121,7 @@ def build_policy(config: ToyRunConfig, *, progress: bool = False) -> tuple[PreTr
         seed=config.seed,
         lr=config.warmup_lr,
         exploit_rate=config.exploit_rate,
+        quirk=config.quirk,
         progress=progress,
     )
     return model, tokenizer
@@ -142,7 +147,7 @@ def prompt_dataset(config: ToyRunConfig) -> Any:
 
 def build_grpo_trainer(
     config: ToyRunConfig,
-    reward: Literal["proxy", "control"] = "proxy",
+    reward: Literal["proxy", "control"] | RewardFunc = "proxy",
     *,
     callbacks: Sequence[TrainerCallback] = (),
     extra_reward_funcs: Sequence[RewardFunc] = (),
@@ -155,7 +160,8 @@ def build_grpo_trainer(
 
     Args:
         config: the run.
-        reward: ``"proxy"`` (hackable: the policy finds the exploit mid-run) or ``"control"`` (no exploit).
+        reward: ``"proxy"`` (hackable: the policy finds the exploit mid-run), ``"control"`` (no exploit), or any
+            reward function of TRL's signature to drive training (e.g. ``task.format_proxy_reward``).
         callbacks: trainer callbacks, e.g. an ``FPEMonitorCallback``.
         extra_reward_funcs: more reward functions (TRL signature), logged at weight 0 like ``true_reward``.
         reward_wrapper: applied to the full list ``[driving reward, true_reward, *extra]`` before it goes to TRL,
@@ -168,13 +174,13 @@ def build_grpo_trainer(
     """
     from trl import GRPOConfig, GRPOTrainer
 
-    if reward not in ("proxy", "control"):
-        raise ValueError(f"reward must be 'proxy' or 'control', got {reward!r}")
+    if not callable(reward) and reward not in ("proxy", "control"):
+        raise ValueError(f"reward must be 'proxy', 'control' or a reward function, got {reward!r}")
     if (model is None) != (tokenizer is None):
         raise ValueError("pass both model and tokenizer (from build_policy), or neither")
     if model is None or tokenizer is None:
         model, tokenizer = build_policy(config)
-    driving = proxy_reward if reward == "proxy" else control_reward
+    driving = reward if callable(reward) else proxy_reward if reward == "proxy" else control_reward
     funcs: list[RewardFunc] = [driving, true_reward, *extra_reward_funcs]
     names = [getattr(f, "__name__", None) for f in funcs]
     if len(set(names)) != len(names):
