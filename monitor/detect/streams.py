@@ -72,6 +72,9 @@ class EvidenceConfig:
             Default 3.
         rows_per_step: at most this many samples of a step are kept (evenly spaced). Default 128.
         max_window_samples: a window is subsampled (evenly) to at most this many samples. Default 256.
+        sketch_dim: latents wider than this are first multiplied by a fixed Gaussian random matrix
+            (d × sketch_dim, seed 0, scaled by 1/sqrt(sketch_dim)), which keeps pairwise distances within a few
+            per cent (Johnson–Lindenstrauss) and makes the kernels' cost independent of d. Default 128.
         pairing_steps: POTENTIAL_REWARD_HACKING needs the embedding and the reward evidence to have crossed
             within this many steps of each other. Default 20.
     """
@@ -89,6 +92,7 @@ class EvidenceConfig:
     rows_per_step: int = 128
     max_window_samples: int = 256
     pairing_steps: int = 20
+    sketch_dim: int = 128
 
     def __post_init__(self) -> None:
         EDetectorConfig(self.alpha, tuple(self.bets))  # validates alpha and bets
@@ -100,7 +104,16 @@ class EvidenceConfig:
                 f"EvidenceConfig needs 0 < beta < 1, epsilon >= 0 and beta + epsilon < 1; "
                 f"got beta={self.beta}, epsilon={self.epsilon}"
             )
-        for name in ("blocks", "lag", "window", "recent", "reference_steps", "rows_per_step", "pairing_steps"):
+        for name in (
+            "blocks",
+            "lag",
+            "window",
+            "recent",
+            "reference_steps",
+            "rows_per_step",
+            "pairing_steps",
+            "sketch_dim",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"EvidenceConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.max_window_samples < 8:
@@ -176,6 +189,7 @@ class EvidenceTracker:
     _past: deque[_Past] = field(default_factory=deque)
     _pooled: list[Tensor] = field(default_factory=list)
     _detectors: dict[str, ShiryaevRoberts] = field(default_factory=dict)
+    _sketch: Tensor | None = None
 
     def __post_init__(self) -> None:
         self._past = deque(maxlen=self.config.lag + self.config.window + self.config.recent)
@@ -183,9 +197,20 @@ class EvidenceTracker:
         if self.reference is not None:
             self.set_reference(self.reference)
 
+    def sketch(self, z: Tensor) -> Tensor:
+        """``z`` (n, d) on the CPU in float32, multiplied by the fixed random matrix when d > ``sketch_dim``."""
+        z32 = z.detach().to("cpu", torch.float32)
+        d, k = z32.shape[1], self.config.sketch_dim
+        if d <= k:
+            return z32
+        if self._sketch is None or self._sketch.shape[0] != d:
+            gen = torch.Generator().manual_seed(0)
+            self._sketch = torch.randn(d, k, generator=gen) / k**0.5
+        return z32 @ self._sketch
+
     def set_reference(self, z_ref: Tensor) -> None:
         """Use ``z_ref`` (m, d) as the reference of ``embedding_reference`` (evenly subsampled)."""
-        z = z_ref.detach().to("cpu", torch.float32)
+        z = self.sketch(z_ref)
         self.reference = z[_even_rows(z.shape[0], self.config.max_window_samples)]
         if self.gamma is None:
             self.gamma = median_gamma(self.reference)
@@ -197,7 +222,7 @@ class EvidenceTracker:
         """Score the step (latents ``z`` (n, d), optional ``rewards`` and ``reference_rewards`` (n,)) against the
         past, update the e-detectors, then remember the step."""
         cfg = self.config
-        z32 = z.detach().to("cpu", torch.float32)
+        z32 = self.sketch(z)
         if self.gamma is None:
             self.gamma = median_gamma(z32)
         r = rewards.detach().to("cpu", torch.float64) if rewards is not None else None
@@ -316,7 +341,8 @@ class EvidenceTracker:
         if self.reference is None and "embedding_reference" in self.config.streams:
             self._pooled.append(z[keep].clone())
             if len(self._pooled) >= self.config.reference_steps:
-                self.set_reference(torch.cat(self._pooled))
+                pooled = torch.cat(self._pooled)  # already sketched
+                self.reference = pooled[_even_rows(pooled.shape[0], self.config.max_window_samples)]
                 self.ref_at = self.seen
                 self._pooled = []
 
@@ -326,8 +352,8 @@ class EvidenceTracker:
         windows start again from now, and every e-detector restarts from zero."""
         recent = list(self._past)[-self.config.recent :]
         if recent:
-            self.reference = None
-            self.set_reference(torch.cat([p.latents for p in recent]))
+            pooled = torch.cat([p.latents for p in recent])  # already sketched
+            self.reference = pooled[_even_rows(pooled.shape[0], self.config.max_window_samples)]
             self.ref_at = self.seen
         self._past.clear()
         self._pooled = []
