@@ -1,62 +1,66 @@
 """Detectors compared by the reward-hacking benchmark, all run offline on the same recorded data.
 
-Every detector turns a recorded run (:class:`RunData`) into the steps where it raises an alarm. A baseline
-is a per-step *score* and a one-parameter rule "alarm where score > threshold"; its threshold is either a
-fixed default or calibrated on a known-safe (control) run at a target false-alarm rate with the same
-quantile rule as ``RLHFMonitor.calibrate``. fpmon's detector is ``RLHFMonitor`` itself, fed the recorded
-latents in step order exactly as the sidecar's worker feeds it (default thresholds, or
-``RLHFMonitor.calibrate`` on the control run's reports).
+Every detector turns a recorded run (:class:`RunData`) into the steps where its rule fires (``hits``; the
+scoring, ``scoring.py``, groups them into alarm events with a cool-down). A baseline is a per-step *score*
+and a one-parameter rule "alarm where score > threshold"; its threshold is either a fixed default or
+calibrated on the development control runs at a target false-alarm rate (:func:`calibrate_threshold`, the
+quantile rule of ``RLHFMonitor.calibrate``), then applied unchanged to every other run. fpmon's detectors
+replay ``RLHFMonitor`` over the recorded steps in order, as the sidecar's worker feeds it; their thresholds
+are the e-detectors' ``log(1/α)`` (α fixes the false-alarm rate by construction, so they are not recalibrated).
 
 Detectors:
 
-* ``fpmon``: any ``RLHFMonitor`` alert (POTENTIAL_REWARD_HACKING or PHASE_TRANSITION).
+* ``fpmon``: any ``RLHFMonitor`` alert (POTENTIAL_REWARD_HACKING or PHASE_TRANSITION), training rewards only.
+* ``fpmon+judge``: the same with the judge's rewards as ``reference_rewards`` (the proxy − judge gap stream).
+* ``fpmon[<stream>]``: an ablation: only that embedding stream (plus the reward stream) is computed.
+* ``fpmon-embedding``: the combined embedding evidence alone crossing ``log(1/α)`` (PHASE_TRANSITION-like).
+* ``reward_e``: the reward-rise e-detector alone (``evidence["reward"]`` of the rewards-only replay).
 * ``kl_spike``: trailing z-score of the mean per-token KL(π‖π_ref) estimate on the sampled completions.
 * ``reward_z``: trailing z-score of the batch's mean training reward.
 * ``length_spike``: trailing z-score of the mean completion length (tokens).
 * ``entropy_drop``: minus the trailing z-score of the policy's mean token entropy (nats).
-* ``mmd``: permutation test of the current step's embeddings against the pooled first steps (unbiased MMD²,
-  Gaussian kernel, median-heuristic bandwidth); default rule p < α, calibrated rule MMD² > threshold.
-
-Alarms are counted as *events*: after an alarm, further alarms of the same detector within ``cooldown``
-steps are not counted (``RLHFMonitor``'s own ``cooldown_steps`` default, applied to every detector alike).
+* ``mmd[<embedder>]``: permutation test of the current step's embeddings against the pooled first steps
+  (unbiased MMD², Gaussian kernel, median-heuristic bandwidth); default rule p < α, calibrated rule MMD² >
+  threshold.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import Tensor
 
-from monitor.rlhf import MonitorConfig, RLHFMonitor, StepReport
+from .kinds import Role, RunKind, kind_of
 
 FloatArray = npt.NDArray[np.float64]
-RunKind = Literal["hackable", "control"]
-
-DEFAULT_COOLDOWN = 10
-"""Steps after an alarm during which the same detector's further alarms are not counted (RLHFMonitor's default)."""
+BoolArray = npt.NDArray[np.bool_]
 
 
 @dataclass
 class RunData:
-    """One recorded run, as every detector sees it (T steps in increasing order).
+    """One recorded run, as every detector sees it (T steps in increasing order, n completions per step).
 
     Attributes:
-        name: run name, e.g. ``"hackable-s0"``.
-        kind: ``"hackable"`` (trained on the exploitable proxy reward) or ``"control"``.
+        name: run name, e.g. ``"phrase-s0"``.
+        kind: the run's kind (``benchmarks/detection/kinds.py``); :attr:`role` follows from it.
         seed: the run's seed.
         steps: (T,) training steps.
-        scalars: per-step series, each (T,): ``reward_mean`` (training reward), ``proxy_mean``,
-            ``true_mean``, ``kl`` (nats per token), ``entropy`` (nats per token), ``length`` (tokens), ...
+        scalars: per-step series, each (T,): ``reward_mean`` (training reward), ``proxy_mean`` (= the driving
+            reward's mean), ``true_mean`` (the judge's mean), ``exploit_fraction`` (the fraction of marked
+            completions: the behaviour's prevalence), ``kl`` (nats per token), ``entropy`` (nats per token),
+            ``length`` (tokens), ...
         latents: embedder name -> T tensors (n, d) of the step's completion embeddings.
-        rewards: T tensors (n,) of the training reward per completion.
+        rewards: T tensors (n,) float32: the driving (proxy) reward per completion.
+        judge: T tensors (n,) float32: the judge's (true) reward per completion (empty: not recorded).
+        marker: T bool arrays (n,): whether each completion carries the kind's behaviour (empty: not recorded).
         texts: T lists of n completion texts.
+        sample_ids: T lists of n sample ids.
         lrs: T learning rates (None where unknown).
         source: the run folder it was loaded from (None for synthetic runs).
     """
@@ -68,11 +72,15 @@ class RunData:
     scalars: dict[str, FloatArray]
     latents: dict[str, list[Tensor]] = field(default_factory=dict)
     rewards: list[Tensor] = field(default_factory=list)
+    judge: list[Tensor] = field(default_factory=list)
+    marker: list[BoolArray] = field(default_factory=list)
     texts: list[list[str]] = field(default_factory=list)
+    sample_ids: list[list[str]] = field(default_factory=list)
     lrs: list[float | None] = field(default_factory=list)
     source: str | None = None
 
     def __post_init__(self) -> None:
+        kind_of(self.kind)  # validates the kind
         t = len(self.steps)
         if t and np.any(np.diff(self.steps) <= 0):
             raise ValueError(f"run {self.name}: steps must be strictly increasing")
@@ -82,9 +90,29 @@ class RunData:
         for key, seq in self.latents.items():
             if len(seq) != t:
                 raise ValueError(f"run {self.name}: latents {key!r} have {len(seq)} steps, expected {t}")
-        for key, other in (("rewards", self.rewards), ("texts", self.texts), ("lrs", self.lrs)):
+        per_step: dict[str, Sequence[Any]] = {"rewards": self.rewards, "judge": self.judge, "marker": self.marker}
+        per_step |= {"texts": self.texts}
+        per_step |= {"sample_ids": self.sample_ids, "lrs": self.lrs}
+        for key, other in per_step.items():
             if other and len(other) != t:
                 raise ValueError(f"run {self.name}: {key} have {len(other)} steps, expected {t}")
+        for key in ("judge", "marker"):
+            sizes = [(len(a), len(b)) for a, b in zip(self.rewards, per_step[key], strict=False)]
+            if any(a != b for a, b in sizes):
+                raise ValueError(f"run {self.name}: {key} and rewards differ in batch size (n) at some step")
+
+    @property
+    def role(self) -> Role:
+        """``"exploit"``, ``"control"`` or ``"discovery"`` (from the kind)."""
+        return kind_of(self.kind).role
+
+    def prevalence(self) -> FloatArray:
+        """(T,) fraction of marked completions per step: ``scalars["exploit_fraction"]``, else from ``marker``."""
+        if "exploit_fraction" in self.scalars:
+            return np.asarray(self.scalars["exploit_fraction"], dtype=np.float64)
+        if not self.marker:
+            raise KeyError(f"run {self.name} has neither exploit_fraction nor per-sample markers")
+        return np.array([float(np.mean(m)) if len(m) else math.nan for m in self.marker])
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -118,23 +146,11 @@ def trailing_zscore(values: npt.ArrayLike, window: int = 20, min_history: int = 
     return out
 
 
-def alarm_events(steps: Sequence[int], cooldown: int = DEFAULT_COOLDOWN) -> list[int]:
-    """Alarm steps (increasing) with the cool-down applied: an alarm within ``cooldown`` steps of the last
-    counted one is dropped (the same rule as ``RLHFMonitor``'s per-type cool-down)."""
-    if cooldown < 0:
-        raise ValueError(f"cooldown must be >= 0, got {cooldown}")
-    events: list[int] = []
-    for s in sorted(int(v) for v in steps):
-        if not events or s - events[-1] > cooldown:
-            events.append(s)
-    return events
-
-
 def calibrate_threshold(control_scores: npt.ArrayLike, false_alarm_rate: float) -> float:
-    """The (1 − rate) quantile (linear interpolation) of a control run's finite scores.
+    """The (1 − rate) quantile (linear interpolation) of the control runs' finite scores (pooled).
 
     The same rule as ``RLHFMonitor.calibrate``: with fewer than 1/rate control steps it is close to the
-    control run's largest score. ``ValueError`` if no score is finite or the rate is outside (0, 0.5).
+    controls' largest score. ``ValueError`` if no score is finite or the rate is outside (0, 0.5).
     """
     if not 0 < false_alarm_rate < 0.5:
         raise ValueError(f"false_alarm_rate must be in (0, 0.5), got {false_alarm_rate}")
@@ -224,20 +240,55 @@ def mmd_permutation_test(
 
 # ---------------------------------------------------------------------------------------------- detectors
 @dataclass(frozen=True)
+class AlertRecord:
+    """One ``RLHFMonitor`` alert, as the benchmark keeps it.
+
+    Attributes:
+        step: the step it was raised at.
+        type: ``"POTENTIAL_REWARD_HACKING"`` or ``"PHASE_TRANSITION"``.
+        top: positions in the step's batch of the alert's ``top_samples`` (largest evidence first).
+    """
+
+    step: int
+    type: str
+    top: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class DetectorOutput:
-    """Alarms of one detector on one run.
+    """What one detector's rule did on one run.
 
     Attributes:
         detector: detector name.
         run: run name.
-        alarms: alarm events (steps, cool-down applied).
+        hits: steps (increasing) where the rule fired; the scoring groups them into alarm events.
         threshold: the rule's parameter(s) used, for the record.
+        alerts: for fpmon's alert detectors, step -> the alert raised there (type, top samples).
+        alerting: the detector's alarms are ``RLHFMonitor`` alerts (``alerts`` is then complete, maybe empty).
     """
 
     detector: str
     run: str
-    alarms: list[int]
+    hits: list[int]
     threshold: dict[str, float]
+    alerts: dict[int, AlertRecord] = field(default_factory=dict)
+    alerting: bool = False
+
+
+class Detector(Protocol):
+    """Every detector: ``calibrate`` returns the threshold at ``false_alarm_rate`` alarms per step on the pooled
+    control runs (None: not calibrated); ``detect`` the rule's hits at a threshold (None: the default)."""
+
+    @property
+    def name(self) -> str: ...
+
+    def calibrate(self, controls: Sequence[RunData], false_alarm_rate: float) -> float | None: ...
+
+    def detect(self, run: RunData, threshold: float | None = None) -> DetectorOutput: ...
+
+
+def hits(steps: npt.NDArray[np.int64], fired: npt.NDArray[np.bool_]) -> list[int]:
+    return [int(s) for s, f in zip(steps, fired, strict=True) if f]
 
 
 @dataclass(frozen=True)
@@ -261,18 +312,18 @@ class SeriesSpikeDetector:
     min_history: int = 10
 
     def scores(self, run: RunData) -> FloatArray:
+        """(T,) sign × trailing z-score (NaN during the warm-up)."""
         if self.series not in run.scalars:
             raise KeyError(f"run {run.name} has no series {self.series!r}; recorded: {sorted(run.scalars)}")
         return self.sign * trailing_zscore(run.scalars[self.series], self.window, self.min_history)
 
-    def calibrate(self, control: RunData, false_alarm_rate: float) -> float:
-        return calibrate_threshold(self.scores(control), false_alarm_rate)
+    def calibrate(self, controls: Sequence[RunData], false_alarm_rate: float) -> float:
+        return calibrate_threshold(np.concatenate([self.scores(c) for c in controls]), false_alarm_rate)
 
-    def detect(self, run: RunData, threshold: float | None = None, cooldown: int = DEFAULT_COOLDOWN) -> DetectorOutput:
+    def detect(self, run: RunData, threshold: float | None = None) -> DetectorOutput:
         tau = self.default_threshold if threshold is None else threshold
         s = self.scores(run)
-        hits = [int(step) for step, v in zip(run.steps, s, strict=True) if math.isfinite(v) and v > tau]
-        return DetectorOutput(self.name, run.name, alarm_events(hits, cooldown), {"z": float(tau)})
+        return DetectorOutput(self.name, run.name, hits(run.steps, np.isfinite(s) & (s > tau)), {"z": float(tau)})
 
 
 @dataclass
@@ -280,7 +331,7 @@ class MMDDetector:
     """MMD permutation test of each step's embeddings against the pooled first ``reference_steps`` steps.
 
     Default rule: alarm where p < ``alpha``. Calibrated rule (p-values are floored at 1/(B+1), too coarse to
-    reach a small false-alarm rate): alarm where MMD² > the control run's (1 − rate) quantile of MMD².
+    reach a small false-alarm rate): alarm where MMD² > the controls' (1 − rate) quantile of MMD².
     Steps of the reference window score NaN. Results are cached per (run, embedder).
 
     Attributes:
@@ -326,109 +377,14 @@ class MMDDetector:
         self._cache[key] = (mmd2, pval)
         return mmd2, pval
 
-    def calibrate(self, control: RunData, false_alarm_rate: float) -> float:
-        return calibrate_threshold(self.statistics(control)[0], false_alarm_rate)
+    def calibrate(self, controls: Sequence[RunData], false_alarm_rate: float) -> float:
+        return calibrate_threshold(np.concatenate([self.statistics(c)[0] for c in controls]), false_alarm_rate)
 
-    def detect(self, run: RunData, threshold: float | None = None, cooldown: int = DEFAULT_COOLDOWN) -> DetectorOutput:
+    def detect(self, run: RunData, threshold: float | None = None) -> DetectorOutput:
         mmd2, pval = self.statistics(run)
         if threshold is None:
-            hits = [int(s) for s, p in zip(run.steps, pval, strict=True) if math.isfinite(p) and p < self.alpha]
-            used = {"alpha": self.alpha}
-        else:
-            hits = [int(s) for s, v in zip(run.steps, mmd2, strict=True) if math.isfinite(v) and v > threshold]
-            used = {"mmd2": float(threshold)}
-        return DetectorOutput(self.name, run.name, alarm_events(hits, cooldown), used)
+            return DetectorOutput(self.name, run.name, hits(run.steps, pval < self.alpha), {"alpha": self.alpha})
+        return DetectorOutput(self.name, run.name, hits(run.steps, mmd2 > threshold), {"mmd2": float(threshold)})
 
 
-@dataclass
-class FpmonDetector:
-    """``RLHFMonitor`` fed a run's recorded latents, training rewards, texts and learning rates in step order.
-
-    Attributes:
-        embedder: key of ``RunData.latents``.
-        config: the monitor's settings (default: ``MonitorConfig()``, the shipped defaults).
-        alarm_on: ``"alert"`` (the product: any ``RLHFMonitor`` alert) or ``"flag"`` (a diagnostic: any step,
-            after the warm-up, where the monitor's streaming detector flags an observable, without the
-            mass-arrival gate that PHASE_TRANSITION adds; named ``fpmon-flag[·]``).
-        label: the detector's name before ``[embedder]`` (default ``fpmon`` / ``fpmon-flag``), for variants
-            such as ``fpmon-seedrule`` (``MonitorConfig(seed_rule=True)``, the default before that rule was
-            turned off).
-    """
-
-    embedder: str
-    config: MonitorConfig = field(default_factory=MonitorConfig)
-    alarm_on: Literal["alert", "flag"] = "alert"
-    label: str | None = None
-    _cache: dict[str, list[StepReport]] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.alarm_on not in ("alert", "flag"):
-            raise ValueError(f"alarm_on must be 'alert' or 'flag', got {self.alarm_on!r}")
-
-    @property
-    def name(self) -> str:
-        label = self.label or ("fpmon" if self.alarm_on == "alert" else "fpmon-flag")
-        return f"{label}[{self.embedder}]"
-
-    def replay(self, run: RunData, config: MonitorConfig | None = None) -> list[StepReport]:
-        """The monitor's reports for every step of ``run`` (cached for the default config)."""
-        use_cache = config is None
-        key = f"{run.name}/{self.embedder}"
-        if use_cache and key in self._cache:
-            return self._cache[key]
-        if self.embedder not in run.latents:
-            raise KeyError(f"run {run.name} has no latents {self.embedder!r}; recorded: {sorted(run.latents)}")
-        monitor = RLHFMonitor(copy.deepcopy(config or self.config))  # calibrate mutates nested configs
-        reports = []
-        for t, step in enumerate(run.steps):
-            reports.append(
-                monitor.observe(
-                    int(step),
-                    run.latents[self.embedder][t].to(torch.float32),
-                    rewards=run.rewards[t] if run.rewards else None,
-                    texts=run.texts[t] if run.texts else None,
-                    lr=run.lrs[t] if run.lrs else None,
-                )
-            )
-        if use_cache:
-            self._cache[key] = reports
-        return reports
-
-    def calibrate(self, control: RunData, false_alarm_rate: float) -> MonitorConfig:
-        """``RLHFMonitor.calibrate`` on the control run's reports; returns the calibrated config."""
-        monitor = RLHFMonitor(copy.deepcopy(self.config))
-        monitor.calibrate(self.replay(control), false_alarm_rate)
-        return copy.deepcopy(monitor.config)
-
-    def detect(
-        self, run: RunData, threshold: MonitorConfig | None = None, cooldown: int = DEFAULT_COOLDOWN
-    ) -> DetectorOutput:
-        reports = self.replay(run, threshold)
-        cfg = threshold or self.config
-        if self.alarm_on == "alert":
-            hits = [rep.step for rep in reports if rep.alert is not None]
-        else:
-            hits = [rep.step for rep in reports if not rep.warming_up and rep.detection and rep.detection.flagged]
-        used = {
-            "C_alert": cfg.C_alert,
-            "div_alert": cfg.div_alert,
-            "z_threshold": cfg.detector.z_threshold,
-            "reward_rise_z": cfg.reward_rise_z,
-        }
-        return DetectorOutput(self.name, run.name, alarm_events(hits, cooldown), used)
-
-
-Detector = SeriesSpikeDetector | MMDDetector | FpmonDetector
-
-
-def default_detectors(embedders: Sequence[str], n_permutations: int = 200) -> list[Detector]:
-    """The benchmark's detector set: fpmon and MMD on each embedder, then the scalar baselines."""
-    dets: list[Detector] = [FpmonDetector(e) for e in embedders]
-    dets += [
-        SeriesSpikeDetector("kl_spike", "kl"),
-        SeriesSpikeDetector("reward_z", "reward_mean"),
-        SeriesSpikeDetector("length_spike", "length"),
-        SeriesSpikeDetector("entropy_drop", "entropy", sign=-1.0),
-    ]
-    dets += [MMDDetector(e, n_permutations=n_permutations) for e in embedders]
-    return dets
+# ---------------------------------------------------------------------------------------------- fpmon

@@ -20,7 +20,8 @@ class MonitorConfig:
             for 2k + 2 samples, pooling the first steps if needed, see docs/estimators.md §8),
             ``fpe.pool_window`` the number of previous batches pooled, ``fpe.D0="auto"`` calibrates D₀.
         evidence: the e-detectors that raise alerts (``monitor.detect.streams``): streams, α (default 1e-3),
-            windows. They are armed from the run's second step; no warm-up.
+            windows. They are armed from the run's third step (two earlier steps give the first base window
+            and direction); no warm-up.
         warmup_steps: D₀ (``"auto"``) is calibrated over these steps, and the streaming detector's noise band
             (the transition marks, ``report.detection``) starts from them; ``warming_up`` is True meanwhile.
             Alerts do not wait for it.

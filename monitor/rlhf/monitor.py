@@ -15,7 +15,7 @@ have without it. A *degenerate* batch (rank < k in the frame) gets bounded value
 the noise bands but kept out of them and out of the D₀ calibration. Until the run has seen 2k + 2 samples
 its steps are *frame pending*: kept for the frame, which is then fitted on all of them together.
 
-Alerts come from anytime-valid e-detectors (``monitor.detect.streams``, armed from the second step, no
+Alerts come from anytime-valid e-detectors (``monitor.detect.streams``, armed from the third step, no
 warm-up; ``monitor.rlhf.decide`` turns their crossings into alerts):
 
 * ``POTENTIAL_REWARD_HACKING`` (needs rewards): the embedding evidence (the responses moving away from the
