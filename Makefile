@@ -82,7 +82,7 @@ bench-hook: $(STAMP)
 
 # docs/validation.md §1: record 5 seeds × {hackable, control} GRPO runs, then evaluate every detector (≈ 20 min)
 bench-detection: $(STAMP)
-	$(BIN)/python benchmarks/detection/run.py
+	$(BIN)/python benchmarks/detection/run.py all --plan full --embedders model -j 2 --split all
 
 # docs/validation.md §2–3: particle transitions, grokking, double descent, Theorems 3–4 (≈ 1 h on 2 cores)
 validate: $(STAMP)

@@ -29,6 +29,7 @@ def run_out(run: storage.Run, open_alerts: int, live_window_s: float, now: datet
         last_step_at=run.last_step_at,
         open_alerts=open_alerts,
         status="live" if live else "idle",
+        rebaseline_pending=run.rebaseline_review_id is not None,
     )
 
 
@@ -49,6 +50,7 @@ def sample_out(sample: storage.StepSample) -> SampleOut:
         x=sample.x,
         y=sample.y,
         prompt=sample.prompt,
+        witness=sample.witness,
     )
 
 
@@ -57,7 +59,14 @@ def alert_out(session: Session, alert: storage.Alert, with_reviews: bool = False
     with its reviews (oldest first) when ``with_reviews``."""
     reviews = (
         [
-            ReviewOut(decision=r.decision, reviewer=r.reviewer, note=r.note, created_at=r.created_at)
+            ReviewOut(
+                decision=r.decision,
+                reviewer=r.reviewer,
+                note=r.note,
+                created_at=r.created_at,
+                rebaseline=r.rebaseline,
+                rebaseline_step=r.rebaseline_step,
+            )
             for r in storage.list_reviews(session, alert.id)
         ]
         if with_reviews

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field, StrictInt
+from pydantic import AfterValidator, BaseModel, Field, StrictInt, ValidationInfo, field_validator
 
 #: largest id / step number the database stores (a 32-bit signed INTEGER column on PostgreSQL)
 MAX_DB_INT = 2_147_483_647
@@ -81,6 +81,11 @@ class RunOut(BaseModel):
     last_step_at: datetime | None
     open_alerts: int = Field(description="Alerts of this run not reviewed yet (status open)")
     status: Literal["live", "idle"] = Field(description="live: a step was received within FPMON_LIVE_WINDOW_S")
+    rebaseline_pending: bool = Field(
+        default=False,
+        description="A reviewer dismissed an alert with rebaseline=true: the run's monitor is re-baselined before "
+        "its next processed step",
+    )
 
 
 class RunList(BaseModel):
@@ -99,10 +104,27 @@ class MetricRow(BaseModel):
     transition: bool | None = Field(
         default=None, description="The streaming detector flagged this step (null: no verdict, e.g. warm-up)"
     )
+    evidence: dict[str, float | None] | None = Field(
+        default=None,
+        description="With the evidence query parameter: the natural log of each requested e-detector statistic "
+        "after this step (log e-value; null: none stored at this step, e.g. the stream had no window yet or the "
+        "step was an outlier). An evidence series alarms when it reaches evidence_threshold. Null without the "
+        "parameter.",
+    )
 
 
 class MetricRows(BaseModel):
     rows: list[MetricRow]
+    evidence_threshold: float | None = Field(
+        default=None,
+        description="With the evidence query parameter: the log alarm level log(1/alpha) of the run's e-detectors "
+        "(6.9078 for the default alpha = 1e-3: an alarm when the e-value reaches 1/alpha = 1000); an alert is "
+        "raised when the combined embedding (or reward) evidence reaches it. Null without the parameter or "
+        "before the run has evidence.",
+    )
+    evidence_alpha: float | None = Field(
+        default=None, description="exp(-evidence_threshold): the e-detectors' false-alarm level alpha"
+    )
 
 
 class SampleOut(BaseModel):
@@ -114,6 +136,11 @@ class SampleOut(BaseModel):
     x: float | None = Field(default=None, description="First coordinate in the run's projection (whitened)")
     y: float | None = Field(default=None, description="Second coordinate in the run's projection (whitened)")
     prompt: str | None = None
+    witness: float | None = Field(
+        default=None,
+        description="The sample's evidence score (larger: it carries more of the evidence of change — it resembles "
+        "where the run is moving more than the run's base window); null before the evidence streams have a window",
+    )
 
 
 class SampleList(BaseModel):
@@ -126,6 +153,23 @@ class ReviewIn(BaseModel):
         str, Field(min_length=1, max_length=200), AfterValidator(storable_text), AfterValidator(not_blank)
     ]
     note: Annotated[str, Field(max_length=10_000), AfterValidator(storable_text)] | None = None
+    rebaseline: bool = Field(
+        default=False,
+        description="Only with decision dismissed: treat the change as the run's new normal. The run's monitor is "
+        "re-baselined (its evidence detectors restart from the current behaviour) before its next processed "
+        "step, so the same change does not alert again. Confirming or acknowledging leaves the detector as it is.",
+    )
+
+    @field_validator("rebaseline")
+    @classmethod
+    def rebaseline_only_when_dismissed(cls, value: bool, info: ValidationInfo) -> bool:
+        decision = info.data.get("decision")
+        if value and decision is not None and decision != "dismissed":
+            raise ValueError(
+                f"rebaseline is only valid with decision 'dismissed' (treating the change as the new normal), "
+                f"not with {decision!r}"
+            )
+        return value
 
 
 class ReviewOut(BaseModel):
@@ -133,6 +177,10 @@ class ReviewOut(BaseModel):
     reviewer: str
     note: str | None
     created_at: datetime
+    rebaseline: bool = Field(default=False, description="This dismissal asked to re-baseline the run's monitor")
+    rebaseline_step: int | None = Field(
+        default=None, description="The step before which the re-baseline was applied (null: pending, or none asked)"
+    )
 
 
 class AlertOut(BaseModel):
@@ -178,7 +226,7 @@ class MapPoint(BaseModel):
     x: float | None
     y: float | None
     div: float | None
-    flagged: bool = Field(description="Among the top-k by |δ| (the context's flagged list)")
+    flagged: bool = Field(description="In the context's flagged list")
     text: str | None = Field(description="The response's first 240 characters (the map's hover label)")
 
 
@@ -196,8 +244,13 @@ class AlertContext(BaseModel):
     step_scalars: dict[str, float | None] = Field(description="All observables of the alert's step")
     transition: bool | None = Field(description="The streaming detector flagged the alert's step")
     k: int
-    flagged: list[SampleOut] = Field(description="The step's top-k samples by |δ|, largest first")
-    typical: list[SampleOut] = Field(description="The step's k samples with the smallest |δ|, smallest first")
+    flagged: list[SampleOut] = Field(
+        description="The alert's listed responses (ordered by the evidence they carry, the alert's top_samples), "
+        "then the step's next samples by witness score (by |δ| without one), up to k"
+    )
+    typical: list[SampleOut] = Field(
+        description="The step's k samples with the smallest witness score (smallest |δ| without one), smallest first"
+    )
     reference_step: int | None = Field(description="The run's reference step (its first processed step)")
     reference: list[SampleOut] = Field(description="k samples of the reference step, evenly spread by index")
     n: int = Field(description="Samples in the alert's step")

@@ -114,7 +114,9 @@ def _particle_demo(console: Console, steps: int, transition: int, n: int, latent
 
 @app.command()
 def analyze(
-    files: Annotated[list[Path], typer.Argument(help="Step files (safetensors: latents, rewards, step, texts).")],
+    files: Annotated[
+        list[Path], typer.Argument(help="Step files (safetensors: latents, rewards, reference_rewards, step, texts).")
+    ],
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every step's scalars and alerts.")] = None,
     warmup: Annotated[int, typer.Option(help="Warm-up steps (no alert before).")] = 10,
 ) -> None:
@@ -139,7 +141,15 @@ def analyze(
     reports = []
     for p in tqdm(payloads, desc="analyzing", unit="step"):
         reports.append(
-            monitor.observe(p.step, p.latents, rewards=p.rewards, texts=p.texts, lr=p.lr, sample_ids=p.sample_ids)
+            monitor.observe(
+                p.step,
+                p.latents,
+                rewards=p.rewards,
+                texts=p.texts,
+                lr=p.lr,
+                sample_ids=p.sample_ids,
+                reference_rewards=p.reference_rewards,
+            )
         )
     console.print(observables_table(reports, steps, f"{len(steps)} steps"))
     for rep in reports:
@@ -153,6 +163,8 @@ def analyze(
                 "step": rep.step,
                 "scalars": {k: (v if math.isfinite(v) else None) for k, v in rep.scalars.items()},
                 "alert": rep.alert.to_dict() if rep.alert else None,
+                # e-detector statistics per stream (``judge_gap`` when the files carry reference_rewards)
+                "evidence": {k: (v if math.isfinite(v) else None) for k, v in rep.evidence.items()},
             }
             for rep in reports
         ]

@@ -8,9 +8,11 @@ One training step goes through three stages, the same whichever way it arrives (
    status a server answers with, so that the REST route and the in-process sink refuse the same steps
    with the same messages.
 2. :class:`StepProcessor` claims the next pending step, restores the run's :class:`RLHFMonitor` from the
-   database, observes the step and writes the results, the new monitor state and any alert in one
-   transaction (a worker can die at any moment; another continues from the last completed step with
-   identical observables).
+   database (and re-baselines it first when a reviewer asked for it, ``storage.review_alert``), observes the
+   step and writes the results — observables, samples with their witness scores, the evidence of change
+   (``step_evidence``, :data:`EVIDENCE_SERIES`) — the new monitor state and any alert in one transaction (a
+   worker can die at any moment; another continues from the last completed step with identical
+   observables).
 3. :func:`alert_to_dict` turns a stored alert into the JSON object the REST API returns.
 
 This is the one module of ``monitor`` where the HTTP-free math (``monitor.rlhf``) meets SQL
@@ -37,6 +39,7 @@ from sqlalchemy.orm import Session
 import storage
 from storage import LostClaim, Step
 
+from .detect.streams import ALL_STREAMS
 from .rlhf import MonitorConfig, RLHFMonitor
 from .stepfile import MAX_STEP, STRING_FIELDS, StepPayload, check_strings, decode_step, payload_digest
 
@@ -47,6 +50,9 @@ PURGE_EVERY = 20
 #: largest magnitude of a latent coordinate a step may carry: finite float32 values near the type's limit
 #: (3.4e38) overflow in the monitor's sums; no embedding comes near 1e30
 MAX_ABS_LATENT = 1e30
+#: the evidence series a processed step may store (``StepReport.evidence``): the combined ``embedding`` and
+#: ``reward`` evidence, then each stream of ``monitor.detect.streams``
+EVIDENCE_SERIES: tuple[str, ...] = ("embedding", "reward", *ALL_STREAMS)
 
 
 # ---------------------------------------------------------------------------------------------- ingest
@@ -271,6 +277,11 @@ class StepProcessor:
         else:
             state = storage.decode_state(stored.meta, stored.tensors)
             monitor = RLHFMonitor.from_state_dict(state, device=self.device)
+        # a reviewer dismissed an alert as the run's new normal: re-baseline before this step (the request is
+        # cleared in this step's transaction; a newer one, made meanwhile, stays for the next step)
+        rebaseline = run.rebaseline_review_id
+        if rebaseline is not None:
+            monitor.rebaseline()
         latents = payload.latents.to(self.device)
         report = monitor.observe(
             payload.step,
@@ -279,9 +290,11 @@ class StepProcessor:
             texts=payload.texts,
             lr=payload.lr,
             sample_ids=payload.sample_ids,
+            reference_rewards=payload.reference_rewards,
         )
         div = report.div.tolist()
         rewards = payload.rewards.tolist() if payload.rewards is not None else None
+        witness = report.witness.tolist() if report.witness is not None else None
         xy = map_coordinates(monitor, latents, outlier=report.outlier)
         samples = [
             {
@@ -293,9 +306,11 @@ class StepProcessor:
                 "x": xy[i][0],
                 "y": xy[i][1],
                 "prompt": payload.prompts[i] if payload.prompts is not None else None,
+                "witness": witness[i] if witness is not None else None,
             }
             for i in range(len(div))
         ]
+        evidence = {name: value for name, value in report.evidence.items() if math.isfinite(value)}
         meta, tensors = storage.encode_state(monitor.state_dict())
         alert = report.alert.to_dict() if report.alert is not None else None
         storage.complete_step(
@@ -310,6 +325,9 @@ class StepProcessor:
             rescaled=report.recalibrated,
             transition=report.detection.flagged if report.detection is not None else None,
             claim=claim,
+            evidence=evidence,
+            evidence_threshold=report.evidence_threshold if evidence else None,
+            rebaseline_review_id=rebaseline,
         )
 
 

@@ -1,8 +1,10 @@
 """One training step as a safetensors file: the sidecar's wire format, also used by ``fpmon analyze``.
 
-Tensors: ``latents`` (n×d, float32/float16/bfloat16) and optional ``rewards`` (n, float32; float64, float16
-and bfloat16 are read too). Metadata (safetensors' string→string header): ``step`` (integer as text) and
-optional ``lr`` (positive float as text), ``sample_ids``, ``texts``, ``prompts`` (JSON lists of n strings).
+Tensors: ``latents`` (n×d, float32/float16/bfloat16), optional ``rewards`` (n, float32; float64, float16 and
+bfloat16 are read too) and optional ``reference_rewards`` (n, the same dtypes, finite, only beside ``rewards``:
+a held-out judge's rewards of the same responses, which do not drive training). Metadata (safetensors'
+string→string header): ``step`` (integer as text) and optional ``lr`` (positive float as text),
+``sample_ids``, ``texts``, ``prompts`` (JSON lists of n strings).
 
 :func:`decode_step` refuses what is malformed (not safetensors, wrong tensor dtypes or shapes, metadata of
 the wrong type or length). :func:`check_strings` holds the rules a stored string must follow (valid
@@ -53,6 +55,9 @@ class StepPayload:
     sample_ids: list[str] | None = None
     texts: list[str] | None = None
     prompts: list[str] | None = None
+    #: (n,) a second reward of the same responses that does not drive training (a held-out judge); needs
+    #: ``rewards``. The monitor's reward evidence then uses the proxy − judge gap.
+    reference_rewards: Tensor | None = None
 
 
 def encode_step(payload: StepPayload) -> bytes:
@@ -61,6 +66,10 @@ def encode_step(payload: StepPayload) -> bytes:
     tensors = {"latents": payload.latents.detach().cpu().contiguous()}
     if payload.rewards is not None:
         tensors["rewards"] = payload.rewards.detach().to("cpu", torch.float32).contiguous()
+    if payload.reference_rewards is not None:  # a copy: safetensors refuses tensors that share memory (ref = rewards)
+        tensors["reference_rewards"] = (
+            payload.reference_rewards.detach().to("cpu", torch.float32, copy=True).contiguous()
+        )
     meta = {"step": str(int(payload.step))}
     if payload.lr is not None:
         meta["lr"] = repr(float(payload.lr))
@@ -120,6 +129,7 @@ def decode_step(data: bytes) -> StepPayload:
         sample_ids=lists["sample_ids"],
         texts=lists["texts"],
         prompts=lists["prompts"],
+        reference_rewards=tensors.get("reference_rewards"),
     )
     _check(payload)
     return payload
@@ -128,9 +138,13 @@ def decode_step(data: bytes) -> StepPayload:
 def payload_digest(p: StepPayload) -> str:
     """sha256 of a step's content in a canonical form (tensor dtypes, shapes and bytes; the metadata as
     sorted JSON). Safetensors does not fix the order of its metadata keys, so two encodings of the same
-    step can differ byte for byte; this digest does not."""
+    step can differ byte for byte; this digest does not. ``reference_rewards`` enter only when present, so
+    that a step without them keeps the digest it had before the field existed (idempotent re-sends)."""
     h = hashlib.sha256()
-    for name, tensor in (("latents", p.latents), ("rewards", p.rewards)):
+    tensors = [("latents", p.latents), ("rewards", p.rewards)]
+    if p.reference_rewards is not None:
+        tensors.append(("reference_rewards", p.reference_rewards))
+    for name, tensor in tensors:
         if tensor is None:
             h.update(f"{name}:none;".encode())
             continue
@@ -191,13 +205,24 @@ def _check(p: StepPayload) -> None:
     if p.latents.dtype not in LATENT_DTYPES:
         raise ValueError(f"'latents' must be float32, float16 or bfloat16, got {p.latents.dtype}")
     n = p.latents.shape[0]
-    if p.rewards is not None and p.rewards.dtype not in REWARD_DTYPES:
-        raise ValueError(
-            f"'rewards' must be real floating point (float32, float64, float16 or bfloat16), got "
-            f"{p.rewards.dtype}; send them as float32"
-        )
-    if p.rewards is not None and tuple(p.rewards.shape) != (n,):
-        raise ValueError(f"'rewards' must have shape ({n},) to match the latents, got {tuple(p.rewards.shape)}")
+    for name, r in (("rewards", p.rewards), ("reference_rewards", p.reference_rewards)):
+        if r is not None and r.dtype not in REWARD_DTYPES:
+            raise ValueError(
+                f"'{name}' must be real floating point (float32, float64, float16 or bfloat16), got "
+                f"{r.dtype}; send them as float32"
+            )
+        if r is not None and tuple(r.shape) != (n,):
+            raise ValueError(f"'{name}' must have shape ({n},) to match the latents, got {tuple(r.shape)}")
+    if p.reference_rewards is not None:
+        if p.rewards is None:
+            raise ValueError(
+                "'reference_rewards' need 'rewards': the judge's rewards are compared with the training rewards "
+                "of the same responses; send both"
+            )
+        # checked here, unlike the rewards' (``monitor.processing.check_step``): the monitor computes the
+        # proxy − judge gap from them, and a NaN judge score would fail the step in the worker
+        if not bool(torch.isfinite(p.reference_rewards).all()):
+            raise ValueError("'reference_rewards' contain NaN or Inf; drop those samples or send finite values")
     if p.lr is not None and not (math.isfinite(p.lr) and p.lr > 0):
         raise ValueError(f"'lr' must be a positive finite number, got {p.lr}")
     for name in STRING_FIELDS:

@@ -1,4 +1,5 @@
-"""fpmon's SQL storage layer (DESIGN.md §2): runs, steps, per-sample divergences, alerts, reviews, run state.
+"""fpmon's SQL storage layer (DESIGN.md §2): runs, steps, per-sample divergences and witness scores, evidence
+of change per step, alerts, reviews (and re-baseline requests), run state.
 
 ``storage`` knows SQL and nothing about HTTP or the mathematics. It is used by the API (ingest and reads)
 and by the compute worker (claim a pending step, write its results and the run's monitor state in one
@@ -15,8 +16,8 @@ Modules (everything public is re-exported here; import from ``storage``):
   transaction rules, the step-processing order and the claim rules (heartbeats, crash recovery, fencing).
 * :mod:`storage.claims` — claim the next step, keep the claim alive (heartbeat), take back dead claims.
 * :mod:`storage.payloads` — the raw step payloads, in their own table: read, list, retention purge.
-* :mod:`storage.reads` — metrics history and a step's samples, for charts and review pages.
-* :mod:`storage.alerts` — alerts and their reviews.
+* :mod:`storage.reads` — metrics and evidence history and a step's samples, for charts and review pages.
+* :mod:`storage.alerts` — alerts and their reviews (a dismissal may request a re-baseline of the run's monitor).
 * :mod:`storage.errors` — the exceptions raised by the functions above.
 * :mod:`storage.state_codec` — the monitor state to and from (JSON meta, safetensors bytes).
 * :mod:`storage.sql` — internal: table handles and the SQLite/PostgreSQL differences.
@@ -45,9 +46,17 @@ from .db import (
     upgrade,
 )
 from .errors import LostClaim, NotFound, StepConflict, StepTooLate
-from .models import Alert, Base, Review, Run, RunState, Step, StepBlob, StepSample
+from .models import Alert, Base, Review, Run, RunState, Step, StepBlob, StepEvidence, StepSample
 from .payloads import load_payload, payload_steps, purge_payloads
-from .reads import first_processed_step, metrics, sample_count, sample_points, samples_at, step_samples
+from .reads import (
+    evidence_threshold,
+    first_processed_step,
+    metrics,
+    sample_count,
+    sample_points,
+    samples_at,
+    step_samples,
+)
 from .runs import get_or_create_run, get_run, get_run_by_name, list_runs
 from .state_codec import decode_state, encode_state
 from .steps import (
@@ -81,6 +90,7 @@ __all__ = [
     "Step",
     "StepBlob",
     "StepConflict",
+    "StepEvidence",
     "StepSample",
     "StepTooLate",
     "StoredState",
@@ -91,6 +101,7 @@ __all__ = [
     "current_revision",
     "decode_state",
     "encode_state",
+    "evidence_threshold",
     "fail_step",
     "first_processed_step",
     "get_alert",

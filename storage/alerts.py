@@ -2,18 +2,25 @@
 
 Alerts are written by :func:`storage.steps.complete_step` (in the step's transaction); the one write here,
 :func:`review_alert`, follows the transaction rules described in :mod:`storage.steps`.
+
+Re-baseline: a dismissal may ask that the run's monitor treat the change as its new normal
+(``rebaseline=True``). The request is durable: :func:`review_alert` stores the review's id on the run
+(``runs.rebaseline_review_id``) in the review's transaction; the worker that processes the run's next step
+reads it, re-baselines the restored monitor before observing the step, and clears it in the step's
+transaction (:func:`storage.steps.complete_step`), marking the review applied at that step
+(``reviews.rebaseline_step``). A restart in between loses nothing: the request waits in the run's row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from .errors import NotFound
 from .models import ALERT_STATUS_VALUES, Alert, Review
-from .sql import begin_write
+from .sql import RUNS_TABLE, begin_write
 
 ALERT_STATUSES: tuple[str, ...] = ALERT_STATUS_VALUES
 REVIEW_DECISIONS: tuple[str, ...] = ("acknowledged", "confirmed", "dismissed")
@@ -62,26 +69,49 @@ def get_alert(session: Session, alert_id: int) -> Alert | None:
 
 def list_reviews(session: Session, alert_id: int) -> list[Review]:
     """The reviews of an alert, oldest first."""
-    return list(session.scalars(select(Review).where(Review.alert_id == alert_id).order_by(Review.id)))
+    stmt = select(Review).where(Review.alert_id == alert_id).order_by(Review.id)
+    return list(session.scalars(stmt.execution_options(populate_existing=True)))
 
 
-def review_alert(session: Session, alert_id: int, decision: str, reviewer: str, note: str | None = None) -> Alert:
+def review_alert(
+    session: Session,
+    alert_id: int,
+    decision: str,
+    reviewer: str,
+    note: str | None = None,
+    rebaseline: bool = False,
+) -> Alert:
     """Record a review and set the alert's status to ``decision``; returns the updated alert.
 
-    Raises ``ValueError`` for a decision outside :data:`REVIEW_DECISIONS` or an empty reviewer, and
-    :class:`NotFound` for an unknown alert; in both cases nothing is written.
+    ``rebaseline=True`` (only with ``decision="dismissed"``) also asks that the run's monitor be re-baselined
+    before its next processed step (see the module docstring); a newer request replaces a pending one.
+
+    Raises ``ValueError`` for a decision outside :data:`REVIEW_DECISIONS`, an empty reviewer or ``rebaseline``
+    with another decision than ``dismissed``, and :class:`NotFound` for an unknown alert; in all these cases
+    nothing is written.
     """
     if decision not in REVIEW_DECISIONS:
         raise ValueError(f"decision must be one of {list(REVIEW_DECISIONS)}, got {decision!r}")
     if not isinstance(reviewer, str) or not reviewer.strip():
         raise ValueError("a review needs a non-empty reviewer")
+    if rebaseline and decision != "dismissed":
+        raise ValueError(
+            f"rebaseline is only valid with decision 'dismissed' (treating the change as the new normal), "
+            f"got decision {decision!r}"
+        )
     begin_write(session)
     try:
         alert = session.get(Alert, alert_id, populate_existing=True)
         if alert is None:
             raise NotFound(f"alert {alert_id} does not exist")
-        session.add(Review(alert_id=alert_id, decision=decision, reviewer=reviewer, note=note))
+        review = Review(alert_id=alert_id, decision=decision, reviewer=reviewer, note=note, rebaseline=bool(rebaseline))
+        session.add(review)
         alert.status = decision
+        if rebaseline:
+            session.flush()  # the review's id: the run's pending request
+            session.execute(
+                update(RUNS_TABLE).where(RUNS_TABLE.c.id == alert.run_id).values(rebaseline_review_id=review.id)
+            )
         session.commit()
     except BaseException:
         session.rollback()

@@ -1,4 +1,5 @@
-"""SQLAlchemy 2.x typed models: runs, steps, step payloads, step samples, alerts, reviews and the run state.
+"""SQLAlchemy 2.x typed models: runs, steps, step payloads, step samples, step evidence, alerts, reviews and the
+run state.
 
 The schema itself is created by the Alembic migrations in ``storage/migrations`` (never by
 ``Base.metadata.create_all`` in production); ``tests/test_storage.py`` checks that the two agree.
@@ -21,6 +22,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -55,6 +57,9 @@ class Run(Base):
     #: the run's latest ``done`` step and its scalars (written with it): ``/metrics`` reads no step row
     latest_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
     latest_scalars: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON, nullable=True)
+    #: a reviewer dismissed an alert as the run's new normal: the id of that review, until the run's next
+    #: processed step re-baselines the monitor (``RLHFMonitor.rebaseline``) and clears it in its transaction
+    rebaseline_review_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Step(Base):
@@ -138,6 +143,33 @@ class StepSample(Base):
     x: Mapped[float | None] = mapped_column(Float, nullable=True)
     y: Mapped[float | None] = mapped_column(Float, nullable=True)
     prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: the sample's evidence score (``StepReport.witness``: larger = it carries more of the evidence of
+    #: change); NULL before the evidence streams have a window, and for steps processed before 0004
+    witness: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class StepEvidence(Base):
+    """The monitor's evidence of change after a processed step: one row per evidence series.
+
+    ``stream`` is a stream's name (``embedding_lagged``, ``embedding_reference``, ``reward_rise``,
+    ``judge_gap``) or a combined evidence (``embedding``, ``reward``); ``log_value`` is the natural log of its
+    e-detector statistic (``StepReport.evidence``; finite values only: a series without a finite value at a
+    step has no row). ``threshold`` is the log alarm level ``log(1/alpha)`` the run's monitor used at that step
+    (``StepReport.evidence_threshold``; the same on every row of a run unless its configuration changed).
+    """
+
+    __tablename__ = "step_evidence"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["run_id", "step"], ["steps.run_id", "steps.step"], name="fk_step_evidence_step", ondelete="CASCADE"
+        ),
+    )
+
+    run_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step: Mapped[int] = mapped_column(Integer, primary_key=True)
+    stream: Mapped[str] = mapped_column(String(64), primary_key=True)
+    log_value: Mapped[float] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
 
 
 class Alert(Base):
@@ -179,6 +211,10 @@ class Review(Base):
     reviewer: Mapped[str] = mapped_column(String(200))
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: a dismissal that asked to re-baseline the run's monitor ("treat as the new normal")
+    rebaseline: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: the step whose processing applied that re-baseline (NULL while it is pending, or without one)
+    rebaseline_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class RunState(Base):

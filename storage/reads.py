@@ -1,7 +1,8 @@
 """Reads of a run's processed results, for the API's charts and review pages.
 
-Scalar history (:func:`metrics`, decimated to at most ``max_points`` rows), a step's samples (by |δ| or
-by index, all or some, or as map points) and the run's reference step. Nothing here writes.
+Scalar and evidence history (:func:`metrics`, decimated to at most ``max_points`` rows; the run's evidence
+threshold, :func:`evidence_threshold`), a step's samples (by |δ|, by witness score or by index, all or some,
+or as map points) and the run's reference step. Nothing here writes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .models import Step, StepSample
+from .models import Step, StepEvidence, StepSample
 
 
 def _downsample_indices(count: int, max_points: int) -> list[int]:
@@ -29,6 +30,7 @@ def metrics(
     start: int | None = None,
     end: int | None = None,
     max_points: int = 1000,
+    evidence: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Scalar history of a run: ``[{"step": int, "scalars": {name: float | None}, "transition": bool | None}]``.
 
@@ -36,7 +38,8 @@ def metrics(
     such steps, the rows kept are the ones at ranks floor(i·(N−1)/(max_points−1)) for i = 0…max_points−1:
     the first and the last step always, evenly spaced (by rank) in between — plain decimation, no
     averaging, so every value shown is a real step's value. ``names`` selects scalars (a missing one is
-    None); None returns them all.
+    None); None returns them all. With ``evidence`` (names of evidence series, ``step_evidence.stream``) each
+    row also has ``"evidence": {name: log_value | None}`` (None: no finite value stored at that step).
     """
     if max_points < 2:
         raise ValueError(f"max_points must be at least 2, got {max_points}")
@@ -53,28 +56,66 @@ def metrics(
         stmt = select(Step.step, Step.scalars, Step.transition).where(Step.run_id == run_id, Step.step.in_(chunk))
         for step, scalars, transition in session.execute(stmt):
             found[step] = (scalars or {}, transition)
+    logs = _evidence_of(session, run_id, chosen, evidence) if evidence else {}
     rows = []
     for step in chosen:
         scalars, transition = found[step]
         selected = dict(scalars) if names is None else {name: scalars.get(name) for name in names}
-        rows.append({"step": step, "scalars": selected, "transition": transition})
+        row: dict[str, Any] = {"step": step, "scalars": selected, "transition": transition}
+        if evidence is not None:
+            at = logs.get(step, {})
+            row["evidence"] = {name: at.get(name) for name in evidence}
+        rows.append(row)
     return rows
+
+
+def _evidence_of(
+    session: Session, run_id: int, steps: Sequence[int], streams: Sequence[str]
+) -> dict[int, dict[str, float]]:
+    """``{step: {stream: log_value}}`` of the stored evidence of these steps and streams."""
+    wanted = sorted(set(streams))
+    out: dict[int, dict[str, float]] = {}
+    for lo in range(0, len(steps), 500):
+        stmt = select(StepEvidence.step, StepEvidence.stream, StepEvidence.log_value).where(
+            StepEvidence.run_id == run_id,
+            StepEvidence.step.in_(steps[lo : lo + 500]),
+            StepEvidence.stream.in_(wanted),
+        )
+        for step, stream, value in session.execute(stmt):
+            out.setdefault(step, {})[stream] = value
+    return out
+
+
+def evidence_threshold(session: Session, run_id: int) -> float | None:
+    """The log alarm level ``log(1/alpha)`` stored with the run's latest evidence, or None before any."""
+    latest = select(func.max(StepEvidence.step)).where(StepEvidence.run_id == run_id).scalar_subquery()
+    stmt = select(StepEvidence.threshold).where(StepEvidence.run_id == run_id, StepEvidence.step == latest).limit(1)
+    return session.scalar(stmt)
 
 
 def step_samples(
     session: Session, run_id: int, step: int, order: str = "div", limit: int = 100, offset: int = 0
 ) -> list[StepSample]:
     """Samples of a processed step: ``order="div"`` by |δ| descending, ``"div_asc"`` by |δ| ascending (unknown
-    δ last in both), or ``"index"``."""
+    δ last in both), ``"witness"`` by witness score descending, ``"witness_asc"`` ascending (unknown scores
+    last in both, then by |δ| the same way), or ``"index"``."""
     stmt = select(StepSample).where(StepSample.run_id == run_id, StepSample.step == step)
     if order == "div":
         stmt = stmt.order_by(StepSample.abs_div.desc().nulls_last(), StepSample.index)
     elif order == "div_asc":
         stmt = stmt.order_by(StepSample.abs_div.asc().nulls_last(), StepSample.index)
+    elif order == "witness":
+        stmt = stmt.order_by(
+            StepSample.witness.desc().nulls_last(), StepSample.abs_div.desc().nulls_last(), StepSample.index
+        )
+    elif order == "witness_asc":
+        stmt = stmt.order_by(
+            StepSample.witness.asc().nulls_last(), StepSample.abs_div.asc().nulls_last(), StepSample.index
+        )
     elif order == "index":
         stmt = stmt.order_by(StepSample.index)
     else:
-        raise ValueError(f"order must be 'div', 'div_asc' or 'index', got {order!r}")
+        raise ValueError(f"order must be 'div', 'div_asc', 'witness', 'witness_asc' or 'index', got {order!r}")
     return list(session.scalars(stmt.limit(limit).offset(offset)))
 
 

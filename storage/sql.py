@@ -19,13 +19,15 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from .db import SQLITE_IMMEDIATE
-from .models import Alert, Run, RunState, Step, StepBlob, StepSample
+from .models import Alert, Review, Run, RunState, Step, StepBlob, StepEvidence, StepSample
 
 RUNS_TABLE = cast(Table, Run.__table__)
 STEPS_TABLE = cast(Table, Step.__table__)
 PAYLOADS_TABLE = cast(Table, StepBlob.__table__)
 SAMPLES_TABLE = cast(Table, StepSample.__table__)
 ALERTS_TABLE = cast(Table, Alert.__table__)
+REVIEWS_TABLE = cast(Table, Review.__table__)
+EVIDENCE_TABLE = cast(Table, StepEvidence.__table__)
 STATES_TABLE = cast(Table, RunState.__table__)
 
 

@@ -57,7 +57,7 @@ Claims, heartbeats and crash recovery:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -71,7 +71,9 @@ from .errors import LostClaim, NotFound, StepConflict, StepTooLate
 from .models import STEP_STATUS_VALUES, Base, Run, RunState, Step
 from .sql import (
     ALERTS_TABLE,
+    EVIDENCE_TABLE,
     PAYLOADS_TABLE,
+    REVIEWS_TABLE,
     RUNS_TABLE,
     SAMPLES_TABLE,
     STATES_TABLE,
@@ -101,7 +103,10 @@ _SAMPLE_COLUMNS = (
     "x",
     "y",
     "prompt",
+    "witness",
 )
+#: the columns of a stored evidence row (``step_evidence``)
+_EVIDENCE_COLUMNS = ("run_id", "step", "stream", "log_value", "threshold")
 
 
 @dataclass(frozen=True)
@@ -235,6 +240,9 @@ def complete_step(
     rescaled: Sequence[tuple[int, dict[str, float]]] = (),
     transition: bool | None = None,
     claim: Claim | None = None,
+    evidence: Mapping[str, float] | None = None,
+    evidence_threshold: float | None = None,
+    rebaseline_review_id: int | None = None,
 ) -> None:
     """Write a processed step's results in ONE transaction (all or nothing).
 
@@ -242,7 +250,8 @@ def complete_step(
         step_row: the step as returned by :func:`claim_next_step` (still claimed by this worker).
         scalars: the step's observables (non-finite values stored as null).
         samples: one dict per sample: ``index``, ``div`` and optional ``sample_id``, ``reward``, ``text``,
-            ``x``, ``y`` (the sample in the run's projection, first two coordinates), ``prompt``.
+            ``x``, ``y`` (the sample in the run's projection, first two coordinates), ``prompt``, ``witness``
+            (the sample's evidence score).
         alert: ``monitor.rlhf.Alert.to_dict()`` (``type``, ``scalars``, ``reasons``, ``top_samples``,
             ``recommendation``) or None.
         state_meta, state_tensors_bytes: the monitor state after this step (:func:`encode_state`); the
@@ -252,6 +261,13 @@ def complete_step(
             replaced, in the same transaction (``StepReport.recalibrated`` when D₀ was just calibrated).
         transition: the streaming detector flagged this step (None: no verdict, e.g. during the warm-up).
         claim: the claim to fence on (default: the one ``step_row`` holds).
+        evidence: the log e-detector statistic of each evidence series after this step (``step_evidence``
+            rows; non-finite values are not stored). Needs a finite ``evidence_threshold``.
+        evidence_threshold: the log alarm level ``log(1/alpha)``, stored on each evidence row.
+        rebaseline_review_id: the run's pending re-baseline request (``Run.rebaseline_review_id``) that was
+            applied to the monitor before this step: it is cleared, unless a newer request replaced it
+            meanwhile (that one stays pending for the next step), and the re-baseline reviews of the run it
+            covers (ids up to it) are marked applied at this step (``Review.rebaseline_step``).
 
     The run's ``steps_processed``, ``latest_step`` and ``latest_scalars`` are updated with it. Raises
     :class:`LostClaim` (nothing written) when the step was reclaimed from this worker.
@@ -260,6 +276,7 @@ def complete_step(
     token = claim if claim is not None else Claim.of(step_row)
     run_id, step = token.run_id, token.step
     clean_scalars = finite_json(scalars)
+    evidence_rows = _evidence_rows(run_id, step, evidence or {}, evidence_threshold)
     begin_write(session)
     try:
         done = session.execute(
@@ -288,9 +305,13 @@ def complete_step(
                     "x": float_or_none(sample.get("x")),
                     "y": float_or_none(sample.get("y")),
                     "prompt": sample.get("prompt"),
+                    "witness": float_or_none(sample.get("witness")),
                 }
             )
         bulk_insert(session, SAMPLES_TABLE, _SAMPLE_COLUMNS, rows)
+        bulk_insert(session, EVIDENCE_TABLE, _EVIDENCE_COLUMNS, evidence_rows)
+        if rebaseline_review_id is not None:
+            _consume_rebaseline(session, run_id, step, int(rebaseline_review_id))
         if alert is not None:
             session.execute(
                 insert(ALERTS_TABLE).values(
@@ -348,6 +369,44 @@ def complete_step(
         ("transition", transition),
     ):
         set_committed_value(step_row, key, value)
+
+
+def _evidence_rows(
+    run_id: int, step: int, evidence: Mapping[str, float], threshold: float | None
+) -> list[dict[str, Any]]:
+    """The ``step_evidence`` rows of a step: its finite values, each with the threshold."""
+    values = {str(name): float_or_none(value) for name, value in evidence.items()}
+    finite = {name: value for name, value in values.items() if value is not None}
+    if not finite:
+        return []
+    limit = float_or_none(threshold)
+    if limit is None:
+        raise ValueError(f"evidence needs a finite evidence_threshold (log(1/alpha)), got {threshold!r}")
+    return [
+        {"run_id": run_id, "step": step, "stream": name, "log_value": value, "threshold": limit}
+        for name, value in sorted(finite.items())
+    ]
+
+
+def _consume_rebaseline(session: Session, run_id: int, step: int, review_id: int) -> None:
+    """Clear the run's re-baseline request ``review_id`` (unless a newer one replaced it) and mark the re-baseline
+    reviews of the run up to it applied at ``step``; in the caller's transaction."""
+    session.execute(
+        update(RUNS_TABLE)
+        .where(RUNS_TABLE.c.id == run_id, RUNS_TABLE.c.rebaseline_review_id == review_id)
+        .values(rebaseline_review_id=None)
+    )
+    run_alerts = select(ALERTS_TABLE.c.id).where(ALERTS_TABLE.c.run_id == run_id)
+    session.execute(
+        update(REVIEWS_TABLE)
+        .where(
+            REVIEWS_TABLE.c.rebaseline.is_(True),
+            REVIEWS_TABLE.c.rebaseline_step.is_(None),
+            REVIEWS_TABLE.c.id <= review_id,
+            REVIEWS_TABLE.c.alert_id.in_(run_alerts),
+        )
+        .values(rebaseline_step=step)
+    )
 
 
 def fail_step(session: Session, step_row: Step | Claim, error: str) -> bool:

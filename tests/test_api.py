@@ -86,7 +86,7 @@ def test_fifty_step_ingest_with_retries_and_out_of_order_arrival(
     down = client.get(f"/v1/runs/{run_id}/metrics", params={"max_points": 5}, headers=auth(READ)).json()["rows"]
     assert [r["step"] for r in down] == [0, 12, 24, 36, 49]
     alerts = client.get("/v1/alerts", params={"run_id": run_id}, headers=auth(READ)).json()["alerts"]
-    assert alerts and 35 <= alerts[-1]["step"] <= 38
+    assert alerts and 35 <= alerts[-1]["step"] <= 40  # the evidence crosses 1/α within a few steps of the onset
     assert alerts[-1]["type"] == "POTENTIAL_REWARD_HACKING" and alerts[-1]["status"] == "open"
     samples = client.get(
         f"/v1/runs/{run_id}/steps/{alerts[-1]['step']}/samples", params={"limit": 10}, headers=auth(READ)

@@ -52,7 +52,7 @@ def test_sigkill_mid_run_loses_no_step_and_continues_identically(tmp_path: Path)
             rows = client.get(f"/v1/runs/{run_id}/metrics").json()["rows"]
             assert_same_scalars(rows, reference_scalars(payloads))
             alerts = client.get("/v1/alerts", params={"run_id": run_id}).json()["alerts"]
-            assert alerts and 25 <= min(a["step"] for a in alerts) <= 28
+            assert alerts and 25 <= min(a["step"] for a in alerts) <= 30  # e-detectors: a few steps of evidence
     finally:
         server.stop()
 

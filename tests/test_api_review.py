@@ -102,11 +102,14 @@ def test_alert_context_lists_map_and_reference(
     assert ctx["alert"]["alert_id"] == alert["alert_id"] and ctx["k"] == K and ctx["n"] == n
     assert ctx["step_scalars"]["C"] == pytest.approx(alert["scalars"]["C"], rel=1e-12)
 
-    flagged = [abs(s["div"]) for s in ctx["flagged"]]
-    typical = [abs(s["div"]) for s in ctx["typical"]]
-    assert len(flagged) == K and flagged == sorted(flagged, reverse=True)
-    assert len(typical) == K and typical == sorted(typical) and max(typical) < min(flagged)
-    assert {s["index"] for s in ctx["flagged"]} == {s["index"] for s in alert["top_samples"]}
+    # flagged: the responses the alert lists (by the evidence they carry), in its order; typical: the step's
+    # smallest witness scores, none of them flagged
+    assert [s["index"] for s in ctx["flagged"]] == [s["index"] for s in alert["top_samples"]][:K]
+    assert [s["witness"] for s in ctx["flagged"]] == pytest.approx([s["witness"] for s in alert["top_samples"]][:K])
+    typical = [s["witness"] for s in ctx["typical"]]
+    assert len(typical) == K and typical == sorted(typical)
+    assert not {s["index"] for s in ctx["typical"]} & {s["index"] for s in ctx["flagged"]}
+    assert max(typical) < min(s["witness"] for s in ctx["flagged"])
     assert all(s["prompt"] == f"prompt {alert['step']}/{s['index'] % 7}" for s in ctx["flagged"] + ctx["typical"])
 
     # reference: the run's first processed step, k samples spread evenly by index, no δ at the first step

@@ -69,7 +69,7 @@ def test_in_process_mode_same_storage_same_results(tmp_path: Path) -> None:
         assert [s.step for s in steps] == list(range(30)) and {s.status for s in steps} == {"done"}
         assert len(storage.step_samples(session, run.id, 29, order="index", limit=1000)) == 96
         alerts = storage.list_alerts(session, run_id=run.id)
-        assert alerts and 20 <= min(a.step for a in alerts) <= 23
+        assert alerts and 20 <= min(a.step for a in alerts) <= 25  # e-detectors: a few steps of evidence
         rows = storage.metrics(session, run.id, None, None, None, 1000)
     engine.dispose()
     assert seen and {a["step"] for a in seen} == {a.step for a in alerts}
@@ -231,4 +231,90 @@ def test_embedder_failure_drops_that_step_with_an_error(tmp_path: Path, caplog: 
     with storage.session_factory(engine)() as session:
         run = storage.get_run_by_name(session, "emb")
         assert run is not None and [s.step for s in storage.list_steps(session, run.id)] == [0, 3]
+    engine.dispose()
+
+
+# ------------------------------------------------------------------------ reference_rewards (a held-out judge)
+def test_observe_checks_reference_rewards_at_once(tmp_path: Path) -> None:
+    config = ClientConfig(spool_dir=tmp_path / "spool", max_retries=0, timeout_s=1, transport="thread")
+    client = MonitorClient("http://127.0.0.1:9", run_name="judge-bad", config=config)
+    z = torch.randn(4, 8)
+    try:
+        cases: list[tuple[type[Exception], str, dict]] = [
+            (ValueError, "reference_rewards need rewards", {"reference_rewards": [1.0, 2.0, 3.0, 4.0]}),
+            (
+                ValueError,
+                "reference_rewards has 3 entries for a batch of 4",
+                {"rewards": [0.0] * 4, "reference_rewards": [1.0, 2.0, 3.0]},
+            ),
+            (
+                TypeError,
+                "reference_rewards must be real numbers",
+                {"rewards": [0.0] * 4, "reference_rewards": torch.randn(4, dtype=torch.complex64)},
+            ),
+            (
+                TypeError,
+                "reference_rewards must be a tensor or a sequence of real numbers",
+                {"rewards": [0.0] * 4, "reference_rewards": ["a", "b", "c", "d"]},
+            ),
+        ]
+        for exc_type, message, kwargs in cases:
+            with pytest.raises(exc_type, match=message):
+                client.observe(0, latents=z, **kwargs)
+        assert client.queue_length == 0 and client.stats.queued_steps == 0  # nothing was queued
+    finally:
+        client.close(timeout=10)
+
+
+@pytest.mark.parametrize("transport", ["process", "thread"])
+def test_reference_rewards_reach_the_payload_and_nan_rows_leave_every_array(tmp_path: Path, transport: str) -> None:
+    """No sidecar: the steps are spooled as payloads. A row with a NaN/Inf latent, reward or reference reward is
+    dropped from the latents, rewards, reference rewards and every string list alike."""
+    config = ClientConfig(
+        spool_dir=tmp_path / "spool", max_retries=0, timeout_s=1, transport=transport, latent_dtype=torch.float32
+    )
+    client = MonitorClient("http://127.0.0.1:9", run_name="judge-spool", config=config)
+    z = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+    r = torch.arange(6, dtype=torch.float32)
+    ref = r - 0.5
+    z[4, 0], r[3], ref[1] = float("inf"), float("nan"), float("nan")
+    ids = [f"s{i}" for i in range(6)]
+    try:
+        client.observe(0, [f"t{i}" for i in range(6)], r, ["p"] * 6, latents=z, sample_ids=ids, reference_rewards=ref)
+        client.observe(1, latents=z[:3], rewards=[1.0, 2.0, 3.0])  # no judge at this step
+        client.flush(30)
+    finally:
+        client.close(timeout=30)
+    assert client.stats.spooled == 2 and client.stats.dropped_rows == 3
+    spool = RunSpool(tmp_path / "spool", "judge-spool")
+    first = decode_step(spool.read_step(0))
+    keep = [0, 2, 5]
+    assert first.sample_ids == [ids[i] for i in keep] and first.texts == [f"t{i}" for i in keep]
+    assert torch.equal(first.latents, z[keep]) and torch.equal(first.rewards, r[keep])
+    assert first.reference_rewards is not None and torch.equal(first.reference_rewards, ref[keep])
+    assert decode_step(spool.read_step(1)).reference_rewards is None
+
+
+def test_in_process_mode_stores_the_judges_rewards(tmp_path: Path) -> None:
+    """url=None: steps with reference_rewards are validated, stored with them and processed."""
+    db = f"sqlite:///{tmp_path / 'judge.db'}"
+    config = ClientConfig(spool_dir=tmp_path / "spool", latent_dtype=torch.float32, database_url=db)
+    payloads = decoded(4, seed=4)
+    with MonitorClient(url=None, run_name="judge", config=config) as client:
+        for p in payloads:
+            assert p.rewards is not None
+            client.observe(p.step, p.texts, p.rewards, latents=p.latents, reference_rewards=p.rewards - 0.25)
+        assert client.flush(120)
+        assert (client.stats.sent, client.stats.rejected, client.stats.dropped) == (4, 0, 0)
+    engine = storage.make_engine(db)
+    with storage.session_factory(engine)() as session:
+        run = storage.get_run_by_name(session, "judge")
+        assert run is not None and run.steps_processed == 4
+        assert {s.status for s in storage.list_steps(session, run.id, limit=10)} == {"done"}
+        for p in payloads:
+            body = storage.load_payload(session, run.id, p.step)
+            assert body is not None
+            stored = decode_step(body)
+            assert stored.reference_rewards is not None and p.rewards is not None
+            torch.testing.assert_close(stored.reference_rewards, p.rewards - 0.25)
     engine.dispose()

@@ -239,7 +239,7 @@ def test_sidecar_killed_and_restarted_mid_run_loses_no_step(tmp_path: Path) -> N
             rows = http.get(f"/v1/runs/{run['run_id']}/metrics").json()["rows"]
         assert step_rows(db, "killed") == [(s, "done") for s in range(40)]
         wait_for(lambda: bool(client.alerts()), 10)  # the alerts, polled by the background thread over HTTP
-        assert client.alerts() and 28 <= min(a["step"] for a in client.alerts()) <= 31
+        assert client.alerts() and 28 <= min(a["step"] for a in client.alerts()) <= 33  # e-detectors: a few steps
         expected = reference_scalars([step_payload(s, seed=6, onset=28) for s in range(40)])
         for row in rows:
             for name, value in row["scalars"].items():

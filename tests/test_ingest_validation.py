@@ -31,6 +31,7 @@ from monitor.stepfile import MAX_SAMPLE_ID_CHARS, StepPayload, check_strings, de
 
 OCTET = {"Content-Type": "application/octet-stream"}
 N = 16
+nan = float("nan")
 
 
 def latents(step: int, n: int = N) -> torch.Tensor:
@@ -165,6 +166,38 @@ REFUSED: dict[str, Callable[[], tuple[bytes, int, tuple[str, ...]]]] = {
         ("rewards contain NaN",),
     ),
     "not safetensors": lambda: (b"\x00" * 64, 400, ("not a safetensors step payload",)),
+    "reference_rewards without rewards": lambda: (
+        raw(130, {"latents": latents(130), "reference_rewards": torch.randn(N)}),
+        400,
+        ("'reference_rewards' need 'rewards'", "send both"),
+    ),
+    "reference_rewards of another length": lambda: (
+        raw(131, {"latents": latents(131), "rewards": torch.randn(N), "reference_rewards": torch.randn(N - 1)}),
+        400,
+        (f"'reference_rewards' must have shape ({N},)",),
+    ),
+    "NaN reference_rewards": lambda: (
+        raw(132, {"latents": latents(132), "rewards": torch.randn(N), "reference_rewards": torch.full((N,), nan)}),
+        400,
+        ("'reference_rewards' contain NaN or Inf",),
+    ),
+    "infinite reference_rewards": lambda: (
+        raw(
+            133,
+            {
+                "latents": latents(133),
+                "rewards": torch.randn(N),
+                "reference_rewards": torch.tensor([float("inf")] + [0.0] * (N - 1)),
+            },
+        ),
+        400,
+        ("'reference_rewards' contain NaN or Inf",),
+    ),
+    "int64 reference_rewards": lambda: (
+        raw(134, {"latents": latents(134), "rewards": torch.randn(N), "reference_rewards": torch.arange(N)}),
+        400,
+        ("'reference_rewards'", "int64", "send them as float32"),
+    ),
 }
 
 
@@ -201,6 +234,17 @@ def accepted() -> list[tuple[str, bytes]]:
         (
             "extreme float64 rewards",
             raw(7, {"latents": latents(7), "rewards": torch.tensor([1.7e308, -1.7e308] * 8, dtype=torch.float64)}),
+        ),
+        (
+            "rewards with a judge's reference_rewards (float16)",
+            raw(
+                8,
+                {
+                    "latents": latents(8),
+                    "rewards": torch.randn(N, generator=g),
+                    "reference_rewards": torch.ones(N).half(),
+                },
+            ),
         ),
     ]
 
@@ -335,3 +379,70 @@ def test_ingest_runs_off_the_event_loop(
     assert http.post(f"/v1/runs/{run_id}/steps", content=b"junk", headers=OCTET).status_code == 400
     assert [on_loop for on_loop, _ in seen] == [False, False, False]
     assert len({id(session) for _, session in seen}) == 3  # a fresh session per request
+
+
+def judged_step(step: int) -> StepPayload:
+    """A step whose judge agrees with the proxy up to noise: rewards and reference_rewards of n = 64 samples."""
+    g = torch.Generator().manual_seed(1000 + step)
+    rewards = torch.randn(64, generator=g)
+    return StepPayload(
+        step,
+        torch.randn(64, D, generator=g),
+        rewards,
+        texts=[f"a{i}" for i in range(64)],
+        reference_rewards=rewards - 0.1 * torch.rand(64, generator=g),
+    )
+
+
+def test_ingest_accepts_reference_rewards_and_the_monitor_uses_the_judge(
+    sidecar: tuple[TestClient, int, Callable[[], Session]],
+) -> None:
+    """202 for steps with a judge; what was stored carries the judge's rewards, and the monitor fed with the
+    stored step (as ``monitor.processing`` feeds it) computes the proxy − judge gap stream (``judge_gap``)."""
+    from monitor.rlhf import RLHFMonitor
+
+    http, run_id, sessions = sidecar
+    sent = [judged_step(s) for s in range(5)]
+    for p in sent:
+        resp = http.post(f"/v1/runs/{run_id}/steps", content=encode_step(p), headers=OCTET)
+        assert resp.status_code == 202, resp.text
+    again = http.post(f"/v1/runs/{run_id}/steps", content=encode_step(sent[0]), headers=OCTET)
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"  # idempotent with the judge too
+    changed = StepPayload(0, sent[0].latents, sent[0].rewards, texts=sent[0].texts, reference_rewards=sent[0].rewards)
+    assert http.post(f"/v1/runs/{run_id}/steps", content=encode_step(changed), headers=OCTET).status_code == 409
+    monitor = RLHFMonitor()
+    with sessions() as session:
+        for p in sent:
+            body = storage.load_payload(session, run_id, p.step)
+            assert body is not None
+            stored = decode_step(body)
+            assert stored.reference_rewards is not None and p.reference_rewards is not None
+            assert torch.equal(stored.reference_rewards, p.reference_rewards)
+            report = monitor.observe(
+                stored.step, stored.latents, rewards=stored.rewards, reference_rewards=stored.reference_rewards
+            )
+    assert "judge_gap" in report.evidence and "reward_rise" in report.evidence
+
+
+def test_the_worker_hands_the_judge_to_the_monitor(sidecar: tuple[TestClient, int, Callable[[], Session]]) -> None:
+    """The worker (``StepProcessor``) observes each step with its reference_rewards: the stored evidence has the
+    proxy − judge gap stream (``judge_gap``) once the lagged window exists, and the run's stored monitor state
+    remembers the gaps of the steps it saw (``evidence.past``: [has rewards, has gaps])."""
+    http, run_id, sessions = sidecar
+    for s in range(4):
+        resp = http.post(f"/v1/runs/{run_id}/steps", content=encode_step(judged_step(s)), headers=OCTET)
+        assert resp.status_code == 202, resp.text
+    processor = StepProcessor(sessions, torch.device("cpu"))
+    while processor.process_one():
+        pass
+    with sessions() as session:
+        assert [s.status for s in storage.list_steps(session, run_id, limit=10)] == ["done"] * 4
+        stored = storage.load_run_state(session, run_id)
+        assert stored is not None
+        state = storage.decode_state(stored.meta, stored.tensors)
+    past = state["meta"]["evidence"]["past"]
+    assert len(past) == 4 and all(has_gaps for _, has_gaps in past), past
+    rows = http.get(f"/v1/runs/{run_id}/metrics", params={"evidence": "judge_gap,reward_rise"}).json()["rows"]
+    assert [r["step"] for r in rows] == [0, 1, 2, 3]
+    assert rows[0]["evidence"].get("judge_gap") is None  # no lagged window yet
+    assert all(r["evidence"]["judge_gap"] is not None for r in rows[2:]), rows

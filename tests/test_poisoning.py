@@ -146,10 +146,12 @@ def test_outlier_factor_is_a_strict_json_config_field() -> None:
 @pytest.mark.parametrize("with_rewards", [True, False])
 def test_identical_latents_are_degenerate_bounded_and_kept_out_of_the_bands(with_rewards: bool) -> None:
     """A batch of 256 identical answers after the warm-up: `degenerate`, every scalar finite or NaN and below
-    1e100 (C or T_eff saturate at RATIO_BOUND instead of 1e300), an alert (a collapse is news), and the noise
-    bands, D₀ and the calibration are exactly those of the run without it. The next steps stay finite and
-    quiet; the scalars that do not pool over previous batches (H, C with rewards, W2_ref, KL_ref, reward) are
-    bit-identical to the run without it, the flow ones see the collapsed batch in their window (it is data)."""
+    1e100 (C or T_eff saturate at RATIO_BOUND instead of 1e300), a transition mark from the streaming detector
+    (a collapse is news; the alerts come from the e-detectors, which need the collapse to persist — tested in
+    test_rlhf_monitor.py), and the noise bands, D₀ and the calibration are exactly those of the run without it.
+    The next steps stay finite and quiet; the scalars that do not pool over previous batches (H, C with rewards,
+    W2_ref, KL_ref, reward) are bit-identical to the run without it, the flow ones see the collapsed batch in
+    their window (it is data)."""
     collapsed, clean = RLHFMonitor(), RLHFMonitor()
     stream = list(normal_steps(range(40)))
     for step, z, r in stream[:30]:
@@ -160,7 +162,7 @@ def test_identical_latents_are_degenerate_bounded_and_kept_out_of_the_bands(with
     assert rep.degenerate and not rep.outlier and rep.scalars["degenerate"] == 1.0 and rep.scalars["batch_rank"] == 0
     assert_stored_scalars_are_sane(rep.scalars)
     assert rep.scalars["T_eff" if with_rewards else "C"] == RATIO_BOUND
-    assert rep.alert is not None and rep.detection is not None and rep.detection.flagged
+    assert rep.detection is not None and rep.detection.flagged
     sa, sb = collapsed.state_dict()["meta"], clean.state_dict()["meta"]
     for key in ("detector", "div_q99", "reward_mean", "latent_scale", "D0", "calibration"):
         assert sa[key] == sb[key], key
@@ -256,7 +258,7 @@ def test_state_round_trip_with_pending_degenerate_and_outlier_steps_continues_id
     assert original.observe(5, z * 1e30, rewards=r).outlier
     observe_all(original, normal_steps(range(6, 9)))
     state = original.state_dict()
-    assert state["meta"]["uncounted"] == [4] and state["meta"]["version"] == 2
+    assert state["meta"]["uncounted"] == [4] and state["meta"]["version"] == 3
     restored = RLHFMonitor.from_state_dict({"meta": json.loads(json.dumps(state["meta"])), "tensors": state["tensors"]})
     for step, z, r in normal_steps(range(9, 30)):
         assert_same_reports(original.observe(step, z, rewards=r), restored.observe(step, z, rewards=r))
@@ -264,18 +266,23 @@ def test_state_round_trip_with_pending_degenerate_and_outlier_steps_continues_id
 
 
 def test_a_version_1_state_still_loads() -> None:
+    """A state written before the guards (version 1) and before the evidence streams (no latches, no evidence:
+    the cool-downs were ``last_alert``) loads; its evidence streams start afresh."""
     monitor = RLHFMonitor()
     observe_all(monitor, normal_steps(range(3)))
     state = monitor.state_dict()
-    meta = {
-        k: v for k, v in state["meta"].items() if k not in ("steps_observed", "latent_scale", "uncounted", "n_pending")
+    dropped = ("steps_observed", "latent_scale", "uncounted", "n_pending", "latches", "evidence")
+    meta = {k: v for k, v in state["meta"].items() if k not in dropped} | {"last_alert": {"PHASE_TRANSITION": 1}}
+    tensors = {k: v for k, v in state["tensors"].items() if not k.startswith("evidence_")}
+    restored = RLHFMonitor.from_state_dict({"meta": {**meta, "version": 1}, "tensors": tensors})
+    assert restored.evidence.seen == 0 and restored.state_dict()["meta"]["latches"]["last_alert"] == {
+        "PHASE_TRANSITION": 1
     }
-    restored = RLHFMonitor.from_state_dict({"meta": {**meta, "version": 1}, "tensors": state["tensors"]})
     assert restored.steps_observed == 3
     z, r = batch(3)
     assert_same_reports(monitor.observe(3, z, rewards=r), restored.observe(3, z, rewards=r))
-    with pytest.raises(ValueError, match="unsupported monitor state version 3"):
-        RLHFMonitor.from_state_dict({"meta": {**meta, "version": 3}, "tensors": state["tensors"]})
+    with pytest.raises(ValueError, match="unsupported monitor state version 4"):
+        RLHFMonitor.from_state_dict({"meta": {**meta, "version": 4}, "tensors": state["tensors"]})
 
 
 def test_detector_score_changes_nothing() -> None:

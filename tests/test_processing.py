@@ -72,7 +72,7 @@ def stored_view(database_url: str) -> dict[str, Any]:
     """What the REST API shows of run "parity": metric rows, alerts (no ids or times), samples at alerts."""
     with read_api(database_url) as http:
         run_id = next(r["run_id"] for r in http.get("/v1/runs").json()["runs"] if r["name"] == "parity")
-        rows = http.get(f"/v1/runs/{run_id}/metrics", params={"max_points": 1000}).json()["rows"]
+        rows = http.get(f"/v1/runs/{run_id}/metrics", params={"max_points": 1000, "evidence": "all"}).json()["rows"]
         alerts = http.get("/v1/alerts", params={"run_id": run_id}).json()["alerts"]
         samples = {
             a["step"]: http.get(
@@ -114,6 +114,7 @@ def test_in_process_client_and_sidecar_compute_the_same_observables_and_alerts(t
     sidecar, local = stored_view(sidecar_db), stored_view(local_db)
 
     assert [r["step"] for r in local["rows"]] == list(range(STEPS))
+    assert local["rows"][-1]["evidence"]["embedding"] is not None  # the evidence is stored both ways too
     assert local["alerts"], "the exploit cluster from step 20 raises an alert"
     assert min(a["step"] for a in local["alerts"]) >= ONSET
     assert_same(local, sidecar, "in-process vs sidecar")
@@ -234,6 +235,45 @@ def test_an_outlier_step_is_stored_flagged_and_off_the_map(sidecar: tuple[TestCl
     for step in (7, 8, 9):
         samples = http.get(f"/v1/runs/{run_id}/steps/{step}/samples", params={"order": "index"}).json()["samples"]
         if step == 8:
-            assert all(s["x"] is None and s["y"] is None for s in samples)
+            assert all(s["x"] is None and s["y"] is None and s["witness"] is None for s in samples)
         else:
             assert all(s["x"] is not None and abs(s["x"]) < 1e3 for s in samples), step
+            assert all(s["witness"] is not None for s in samples), step
+    # the outlier left the evidence untouched: no value at its step, the streams go on around it
+    evidence = {
+        r["step"]: r["evidence"]
+        for r in http.get(f"/v1/runs/{run_id}/metrics", params={"evidence": "embedding,reward"}).json()["rows"]
+    }
+    assert evidence[8] == {"embedding": None, "reward": None}
+    assert all(evidence[s]["embedding"] is not None and evidence[s]["reward"] is not None for s in (7, 9))
+
+
+def test_reference_rewards_feed_the_judge_gap_evidence(sidecar: tuple[TestClient, int, str]) -> None:
+    """A step's ``reference_rewards`` (a held-out judge) reach the monitor: the judge-gap stream is stored and is
+    the reward evidence, as in an in-process monitor fed the same steps."""
+    from monitor.rlhf import RLHFMonitor
+
+    http, run_id, database_url = sidecar
+    monitor = RLHFMonitor()
+    want = {}
+    for s in range(8):
+        p = decode_step(step_payload(s, seed=8))
+        assert p.rewards is not None
+        p = replace(p, reference_rewards=p.rewards - 0.05 * s)  # the proxy drifts away from the judge
+        report = monitor.observe(
+            s, p.latents, rewards=p.rewards, reference_rewards=p.reference_rewards, texts=p.texts, lr=p.lr
+        )
+        want[s] = report.evidence
+        assert http.post(f"/v1/runs/{run_id}/steps", content=encode_step(p), headers=OCTET).status_code == 202
+    engine = storage.make_engine(database_url)
+    try:
+        processor = StepProcessor(storage.session_factory(engine), torch.device("cpu"))
+        while processor.process_one():
+            pass
+    finally:
+        engine.dispose()
+    rows = http.get(f"/v1/runs/{run_id}/metrics", params={"evidence": "all"}).json()["rows"]
+    assert "judge_gap" in rows[-1]["evidence"] and rows[-1]["evidence"]["reward"] == rows[-1]["evidence"]["judge_gap"]
+    for row in rows:
+        got = {k: v for k, v in row["evidence"].items() if v is not None}
+        assert got == pytest.approx({k: v for k, v in want[row["step"]].items() if math.isfinite(v)}), row["step"]

@@ -179,7 +179,8 @@ def test_a_worker_killed_mid_step_is_replaced_and_its_run_resumes_within_10_s(
             ).all()
             assert dict(samples) == dict.fromkeys(range(STEPS), N)
             alerts = storage.list_alerts(session, run_id=run_id, limit=1000)
-            assert sorted(a.step for a in alerts) == reference_alert_steps(payloads) == [20]
+            expected = reference_alert_steps(payloads)
+            assert sorted(a.step for a in alerts) == expected and expected and 14 <= expected[0] <= 19  # onset 14
             fresh = storage.get_run(session, run_id)
             assert fresh is not None and (fresh.steps_processed, fresh.steps_failed) == (STEPS, 0)
             assert fresh.latest_step == STEPS - 1 and fresh.latest_scalars == rows[-1]["scalars"]  # what /metrics reads

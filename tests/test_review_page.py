@@ -7,6 +7,7 @@ Needs ``/usr/bin/chromium`` (``apt-get install chromium``); FPMON_SKIP_BROWSER=1
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import time
@@ -42,6 +43,8 @@ XSS_TEXT = '<img src=x onerror="window.__xss = 1"><b>bold?</b> answer'
 NOTE = "Benign: the new basin is the task's intended optimum (checked 20 samples)."
 #: the series line colour of the charts (app.js) and the flagged colour of the map, RGB
 LINE_RGB, FLAGGED_RGB = (56, 96, 224), (214, 51, 108)
+#: the evidence chart's embedding evidence, one stream's (shown on demand) and its threshold line (app.js)
+EMBEDDING_RGB, STREAM_RGB, THRESHOLD_RGB = (112, 72, 232), (151, 117, 250), (224, 49, 49)
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("FPMON_SKIP_BROWSER") == "1", reason="FPMON_SKIP_BROWSER=1: browser test skipped on request"
@@ -171,6 +174,20 @@ def test_review_page_end_to_end(filled_server: tuple[ServerProcess, int, str, li
             marker = chart.locator(f'.alert-marker[data-alert-id="{alert.id}"]')
             expect(marker).to_be_visible()
             assert marker.get_attribute("data-step") == str(alert.step)
+            # the evidence of change, default on: the combined evidence against the alarm level log(1/α)
+            evidence = page.locator("#evidence")
+            expect(evidence.locator("canvas")).to_be_visible()
+            expect(evidence.locator(".u-title")).to_have_text("Evidence of change (log e-value)")
+            expect(evidence.locator(".u-legend")).to_contain_text("embedding evidence")
+            expect(evidence.locator(".u-legend")).to_contain_text("reward evidence")
+            assert float(evidence.get_attribute("data-threshold") or "nan") == pytest.approx(math.log(1000))
+            expect(page.locator("#evidence-threshold")).to_contain_text("alarm at 1/α = 1000")
+            assert colour_pixels(page, "#evidence canvas", EMBEDDING_RGB) > 200
+            assert colour_pixels(page, "#evidence canvas", THRESHOLD_RGB) > 200  # the dashed line and its label
+            expect(evidence.locator(f'.alert-marker[data-alert-id="{alert.id}"]')).to_be_visible()
+            assert colour_pixels(page, "#evidence canvas", STREAM_RGB) == 0  # streams are on demand
+            page.check('#evidence-streams input[data-stream="embedding_lagged"]')
+            assert colour_pixels(page, "#evidence canvas", STREAM_RGB) > 100
             page.select_option("#series-picker", "div_max")  # any other scalar, from the picker
             expect(page.locator('.chart[data-series="div_max"] canvas')).to_be_visible()
             # live: steps that arrive while the page is open are appended (the page polls every 5 s)
@@ -190,6 +207,8 @@ def test_review_page_end_to_end(filled_server: tuple[ServerProcess, int, str, li
             marker.click()  # the alert's flag on the time axis opens the alert
             expect(page).to_have_url(re.compile(rf"#/alerts/{alert.id}$"))
             expect(page.locator("#samples-flagged li.sample")).to_have_count(8)
+            expect(page.locator("#alert-evidence canvas")).to_be_visible()
+            expect(page.locator("#alert-evidence-threshold")).to_contain_text("alarm at 1/α = 1000")
 
             # alert queue, filtered by run and type
             page.click("[data-nav=alerts]")
@@ -232,16 +251,28 @@ def test_review_page_end_to_end(filled_server: tuple[ServerProcess, int, str, li
             expect(page.locator("#samples-reference li.sample").first).to_contain_text(XSS_TEXT)
             assert page.evaluate("window.__xss") is None
             flagged_text = page.locator("#samples-flagged li.sample").first.inner_text()
-            assert "δ" in flagged_text and "Question" in flagged_text
+            assert "δ" in flagged_text and "Question" in flagged_text and "witness" in flagged_text
+            # the flagged responses are the alert's, in its order (by the evidence they carry), with their scores
+            shown = [
+                int(i)
+                for i in page.locator("#samples-flagged li.sample").evaluate_all("els => els.map(e => e.dataset.index)")
+            ]
+            assert shown == [s["index"] for s in alert.top_samples][:8]
+            witness = [float(t) for t in page.locator("#samples-flagged .metric.witness b").all_inner_texts()]
+            assert witness == sorted(witness, reverse=True) and witness[0] > 0
             page.screenshot(path=ARTIFACTS / "alert.png", full_page=True)
 
-            # dismiss with a note through the REST API
+            # dismiss with a note through the REST API, as the run's new normal (re-baseline the detector)
             page.fill("#reviewer", "ana")
             page.fill("#note", NOTE)
+            expect(page.locator("label.check")).to_contain_text("treat as the new normal (re-baseline the detector)")
+            page.check("#rebaseline")
             page.click("#decide-dismissed")
             expect(page.locator("#review-message")).to_contain_text("Recorded: dismissed")
+            expect(page.locator("#review-message")).to_contain_text("re-baselined before the run's next step")
             expect(page.locator("#alert-status")).to_have_text("dismissed")
             expect(page.locator("#reviews")).to_contain_text(NOTE)
+            expect(page.locator("#reviews")).to_contain_text("Treated as the new normal")
             page.screenshot(path=ARTIFACTS / "alert-dismissed.png", full_page=True)
             assert not errors, f"browser console errors: {errors}"
 
@@ -267,9 +298,11 @@ def test_review_page_end_to_end(filled_server: tuple[ServerProcess, int, str, li
     assert len(expected_errors) == 1 and "403" in expected_errors[0], expected_errors
     with storage.session_factory(engine)() as session:
         reviews = list(session.scalars(select(storage.Review).where(storage.Review.alert_id == alert.id)))
-        assert [(r.decision, r.reviewer, r.note) for r in reviews] == [("dismissed", "ana", NOTE)]
+        assert [(r.decision, r.reviewer, r.note, r.rebaseline) for r in reviews] == [("dismissed", "ana", NOTE, True)]
         reloaded = storage.get_alert(session, alert.id)
         assert reloaded is not None and reloaded.status == "dismissed"
+        run = storage.get_run(session, run_id)  # no step came after the dismissal: the re-baseline waits for one
+        assert run is not None and run.rebaseline_review_id == reviews[0].id
     engine.dispose()
     for name in ("runs", "run", "queue", "alert", "alert-dismissed", "read-only"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000, name

@@ -38,6 +38,7 @@ from storage import (
     current_revision,
     decode_state,
     encode_state,
+    evidence_threshold,
     fail_step,
     get_alert,
     get_or_create_run,
@@ -108,6 +109,7 @@ def test_upgrade_from_empty_to_head_matches_the_models(database_url: str) -> Non
             "steps",
             "step_payloads",
             "step_samples",
+            "step_evidence",
             "alerts",
             "reviews",
             "run_states",
@@ -228,6 +230,114 @@ def test_upgrade_0002_to_head_moves_the_payloads_and_downgrade_puts_them_back(da
             5: None,
         }
         assert upgrade(eng) == head_revision()  # and up again
+    finally:
+        eng.dispose()
+
+
+def test_upgrade_0003_to_0004_keeps_the_rows_and_downgrade_drops_only_what_0004_added(database_url: str) -> None:
+    """Rows written under 0003 read back under 0004 with no evidence, NULL witness and no re-baseline; a
+    downgrade drops the evidence table and the new columns (their data) and keeps the rest; up again works."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import MetaData, Table, insert
+
+    from storage.db import MIGRATIONS_DIR
+
+    assert upgrade(database_url, "0003_payloads_heartbeat_counters") == "0003_payloads_heartbeat_counters"
+    eng = make_engine(database_url)
+    try:
+        meta = MetaData()
+        runs_t, steps_t, samples_t, alerts_t, reviews_t = (
+            Table(name, meta, autoload_with=eng) for name in ("runs", "steps", "step_samples", "alerts", "reviews")
+        )
+        now = datetime(2026, 12, 6, tzinfo=UTC)
+        with eng.begin() as conn:
+            run_id = conn.execute(
+                insert(runs_t)
+                .values(name="old", latent_dim=4, config={}, created_at=now, steps_received=1, steps_processed=1)
+                .returning(runs_t.c.id)
+            ).scalar_one()
+            conn.execute(
+                insert(steps_t).values(
+                    run_id=run_id, step=0, status="done", payload_sha256="0" * 64, n=1, received_at=now, scalars={}
+                )
+            )
+            conn.execute(insert(samples_t).values(run_id=run_id, step=0, sample_index=0, div=0.5, abs_div=0.5))
+            alert_id = conn.execute(
+                insert(alerts_t)
+                .values(
+                    run_id=run_id,
+                    step=0,
+                    type="PHASE_TRANSITION",
+                    status="dismissed",
+                    created_at=now,
+                    scalars={},
+                    reasons=[],
+                    top_samples=[],
+                    recommendation="",
+                )
+                .returning(alerts_t.c.id)
+            ).scalar_one()
+            conn.execute(
+                insert(reviews_t).values(alert_id=alert_id, decision="dismissed", reviewer="ann", created_at=now)
+            )
+        assert upgrade(eng) == head_revision() == "0004_evidence_rebaseline"
+        assert {c["name"]: c["nullable"] for c in inspect(eng).get_columns("step_evidence")} == {
+            "run_id": False,
+            "step": False,
+            "stream": False,
+            "log_value": False,
+            "threshold": False,
+        }
+        assert inspect(eng).get_pk_constraint("step_evidence")["constrained_columns"] == ["run_id", "step", "stream"]
+        with session_factory(eng)() as s:
+            assert [x.witness for x in step_samples(s, run_id, 0)] == [None]
+            (review,) = list_reviews(s, alert_id)
+            assert (review.rebaseline, review.rebaseline_step) == (False, None)
+            run = get_run(s, run_id)
+            assert run is not None and run.rebaseline_review_id is None
+            assert metrics(s, run_id, evidence=["embedding"])[0]["evidence"] == {"embedding": None}
+            assert evidence_threshold(s, run_id) is None
+            # the new columns and table are written and read on the migrated schema
+            review_alert(s, alert_id, "dismissed", "bob", rebaseline=True)
+            ingest_step(s, run_id, 1, b"1", 1)
+            row = claim_next_step(s, "w")
+            assert row is not None and row.step == 1
+            pending = get_run(s, run_id)
+            assert pending is not None and pending.rebaseline_review_id is not None
+            complete_step(
+                s,
+                row,
+                {},
+                [{"index": 0, "div": 0.1, "witness": 0.7}],
+                None,
+                {},
+                b"",
+                evidence={"embedding": 2.0},
+                evidence_threshold=6.9,
+                rebaseline_review_id=pending.rebaseline_review_id,
+            )
+            assert [x.witness for x in step_samples(s, run_id, 1)] == [0.7]
+            assert counts(s)["step_evidence"] == 1
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with eng.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0003_payloads_heartbeat_counters")
+        assert current_revision(eng) == "0003_payloads_heartbeat_counters"
+        inspector = inspect(eng)
+        assert "step_evidence" not in inspector.get_table_names()
+        assert "witness" not in {c["name"] for c in inspector.get_columns("step_samples")}
+        assert not {"rebaseline", "rebaseline_step"} & {c["name"] for c in inspector.get_columns("reviews")}
+        assert "rebaseline_review_id" not in {c["name"] for c in inspector.get_columns("runs")}
+        with eng.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM step_samples")).scalar_one() == 2
+            assert conn.execute(text("SELECT count(*) FROM reviews")).scalar_one() == 2
+            assert conn.execute(text("SELECT count(*) FROM steps WHERE status = 'done'")).scalar_one() == 2
+        assert upgrade(eng) == head_revision()  # and up again
+        with session_factory(eng)() as s:
+            assert [x.witness for x in step_samples(s, run_id, 1)] == [None]  # the data went with the columns
+            assert [r.rebaseline for r in list_reviews(s, alert_id)] == [False, False]
     finally:
         eng.dispose()
 
@@ -724,6 +834,88 @@ def test_alert_filters_and_reviews(session: Session) -> None:
     assert get_alert(session, 999_999) is None
 
 
+def test_complete_step_stores_finite_evidence_and_witness_scores(session: Session) -> None:
+    run, _ = get_or_create_run(session, "r", 4)
+    ingest_step(session, run, 0, b"0", 3)
+    row = claim_next_step(session, "w")
+    assert row is not None
+    samples = [{"index": i, "div": 0.1 * i, "witness": w} for i, w in enumerate([0.5, math.nan, -0.2])]
+    evidence = {"embedding": 7.5, "embedding_lagged": 7.5, "reward": -math.inf, "reward_rise": math.nan}
+    before = counts(session)
+    with pytest.raises(ValueError, match="finite evidence_threshold"):
+        complete_step(session, row, {}, samples, None, {}, b"", evidence=evidence, evidence_threshold=math.nan)
+    assert counts(session) == before  # nothing written
+    complete_step(session, row, {}, samples, None, {}, b"", evidence=evidence, evidence_threshold=math.log(1000))
+    assert [(x.index, x.witness) for x in step_samples(session, run.id, 0, order="witness")] == [
+        (0, 0.5),
+        (2, -0.2),
+        (1, None),  # unknown last
+    ]
+    assert [x.index for x in step_samples(session, run.id, 0, order="witness_asc")] == [2, 0, 1]
+    rows = metrics(session, run.id, evidence=["embedding", "embedding_lagged", "reward", "reward_rise"])
+    assert rows[0]["evidence"] == {"embedding": 7.5, "embedding_lagged": 7.5, "reward": None, "reward_rise": None}
+    assert counts(session)["step_evidence"] == 2  # the finite values only
+    assert evidence_threshold(session, run.id) == pytest.approx(math.log(1000))
+    assert "evidence" not in metrics(session, run.id)[0]
+    # no evidence at all (e.g. an outlier step) needs no threshold
+    ingest_step(session, run, 1, b"1", 1)
+    row = claim_next_step(session, "w")
+    assert row is not None
+    complete_step(session, row, {}, [], None, {}, b"", evidence={"embedding": math.nan}, evidence_threshold=None)
+    assert metrics(session, run.id, evidence=["embedding"])[1]["evidence"] == {"embedding": None}
+
+
+def test_a_rebaseline_request_waits_for_the_next_step_and_a_newer_one_is_not_lost(session: Session) -> None:
+    run, _ = get_or_create_run(session, "r", 4)
+    other, _ = get_or_create_run(session, "other", 4)
+    _raise_alert(session, run.id, 0, "PHASE_TRANSITION")
+    _raise_alert(session, other.id, 0, "PHASE_TRANSITION")
+    alert_id, other_alert = list_alerts(session, run_id=run.id)[0].id, list_alerts(session, run_id=other.id)[0].id
+    before = counts(session)
+    for decision in ("confirmed", "acknowledged"):
+        with pytest.raises(ValueError, match="rebaseline is only valid with decision 'dismissed'"):
+            review_alert(session, alert_id, decision, "ann", rebaseline=True)
+    assert counts(session) == before and get_run(session, run.id).rebaseline_review_id is None  # type: ignore[union-attr]
+    review_alert(session, alert_id, "confirmed", "ann")
+    assert get_run(session, run.id).rebaseline_review_id is None  # type: ignore[union-attr]
+
+    review_alert(session, alert_id, "dismissed", "ann", rebaseline=True)
+    first = list_reviews(session, alert_id)[-1]
+    assert first.rebaseline and get_run(session, run.id).rebaseline_review_id == first.id  # type: ignore[union-attr]
+    review_alert(session, other_alert, "dismissed", "ann", rebaseline=True)  # another run's request: its own
+    # a worker that lost its claim writes nothing: the request stays pending
+    ingest_step(session, run, 1, b"1", 1)
+    lost = claim_next_step(session, "w")
+    assert lost is not None
+    stale = Claim.of(lost)
+    row = claim_next_step(session, "w", claim_timeout_s=0)  # taken back: the first claim is fenced off
+    assert row is not None and row.step == 1
+    with pytest.raises(LostClaim):
+        complete_step(session, row, {}, [], None, {}, b"", claim=stale, rebaseline_review_id=first.id)
+    assert get_run(session, run.id).rebaseline_review_id == first.id  # type: ignore[union-attr]
+    assert list_reviews(session, alert_id)[-1].rebaseline_step is None
+    # the worker read the request (first) and processes step 1; meanwhile a newer request arrives
+    review_alert(session, alert_id, "dismissed", "bob", rebaseline=True)
+    newer = list_reviews(session, alert_id)[-1]
+    complete_step(session, row, {}, [], None, {}, b"", rebaseline_review_id=first.id)
+    assert get_run(session, run.id).rebaseline_review_id == newer.id  # type: ignore[union-attr]  # still pending
+    assert [(r.reviewer, r.rebaseline, r.rebaseline_step) for r in list_reviews(session, alert_id)] == [
+        ("ann", False, None),
+        ("ann", True, 1),
+        ("bob", True, None),
+    ]
+    ingest_step(session, run, 2, b"2", 1)
+    row = claim_next_step(session, "w")
+    assert row is not None and row.step == 2
+    complete_step(session, row, {}, [], None, {}, b"", rebaseline_review_id=newer.id)
+    assert get_run(session, run.id).rebaseline_review_id is None  # type: ignore[union-attr]
+    assert list_reviews(session, alert_id)[-1].rebaseline_step == 2
+    # the other run's request is untouched by this run's steps
+    other_review = list_reviews(session, other_alert)[-1]
+    assert get_run(session, other.id).rebaseline_review_id == other_review.id  # type: ignore[union-attr]
+    assert other_review.rebaseline_step is None
+
+
 # ---------------------------------------------------------------------------------------------- retention
 def test_purge_payloads_keeps_the_last_steps_and_duplicate_detection(session: Session) -> None:
     run, _ = get_or_create_run(session, "r", 4)
@@ -756,6 +948,7 @@ def _batches(steps: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
 
 
 def _work_one(session: Session, monitor: RLHFMonitor | None) -> tuple[RLHFMonitor, dict[str, float]]:
+    """…; returns the monitor and the step's scalars with its evidence (``evidence.<name>`` entries)."""
     """A minimal compute worker: claim, restore the state from the DB, observe, write back."""
     row = claim_next_step(session, "worker")
     assert row is not None
@@ -777,13 +970,15 @@ def _work_one(session: Session, monitor: RLHFMonitor | None) -> tuple[RLHFMonito
     meta, blob = encode_state(monitor.state_dict())
     alert = report.alert.to_dict() if report.alert else None
     complete_step(session, row, report.scalars, samples, alert, meta, blob, D0=monitor.D0)
-    return monitor, report.scalars
+    return monitor, {**report.scalars, **{f"evidence.{k}": v for k, v in report.evidence.items()}}
 
 
 def test_run_state_round_trip_continues_a_real_monitor_identically(engine: Engine, database_url: str) -> None:
     batches = _batches(9)
     reference = RLHFMonitor(MonitorConfig(warmup_steps=3))
-    expected = [reference.observe(step, z, rewards=r).scalars for step, z, r in batches]
+    reports = [reference.observe(step, z, rewards=r) for step, z, r in batches]
+    expected = [{**x.scalars, **{f"evidence.{k}": v for k, v in x.evidence.items()}} for x in reports]
+    assert any("evidence.embedding" in x for x in expected)  # the evidence streams' state is in the round trip
     factory = session_factory(engine)
     with factory() as s:
         run, _ = get_or_create_run(s, "real", 16)
@@ -808,6 +1003,10 @@ def test_run_state_round_trip_continues_a_real_monitor_identically(engine: Engin
             assert stored_run is not None and stored_run.steps_processed == 9
             assert pytest.approx(reference.D0) == stored_run.D0
             assert len(step_samples(s, run.id, 8, limit=1000)) == 64
+            stored = load_run_state(s, run.id)
+            assert stored is not None and stored.meta["version"] == 3
+            names = set(decode_state(stored.meta, stored.tensors)["tensors"])
+            assert {"evidence_past_0_latents", "evidence_past_0_rewards"} <= names
     finally:
         second.dispose()
     for want, have in zip(expected, got, strict=True):

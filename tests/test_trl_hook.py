@@ -451,7 +451,14 @@ def test_reset_policy_fires_once_per_alert_and_respects_cooldown() -> None:
 
 
 # -------------------------------------------------------------------------------------- real trainers
-def run_grpo(tmp_path: Path, cb: FPEMonitorCallback, steps: int, seen: dict[int, list[str]] | None = None) -> Any:
+def run_grpo(
+    tmp_path: Path,
+    cb: FPEMonitorCallback,
+    steps: int,
+    seen: dict[int, list[str]] | None = None,
+    judge: Any = None,
+) -> Any:
+    """A tiny GRPO run rewarded by 2 × ``count_a``; ``judge``: a second reward function logged at weight 0."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
@@ -468,11 +475,11 @@ def run_grpo(tmp_path: Path, cb: FPEMonitorCallback, steps: int, seen: dict[int,
         max_completion_length=6,
         max_steps=steps,
         learning_rate=1e-3,
-        reward_weights=[2.0],
+        reward_weights=[2.0] if judge is None else [2.0, 0.0],
     )
     trainer = GRPOTrainer(
         model=tiny_model(),
-        reward_funcs=wrap_reward_funcs([reward], cb),
+        reward_funcs=wrap_reward_funcs([reward] if judge is None else [reward, judge], cb),
         args=args,
         train_dataset=ds,
         processing_class=tiny_tokenizer(),
@@ -729,3 +736,136 @@ def test_ppo_style_loop_with_client_observe(mode: str, sidecar: Any, tmp_path: P
     for s, row in rows.items():
         assert row["status"] == "done", row["error"]
         assert row["texts"] == shipped[s][0] and row["rewards"] == shipped[s][1]
+
+
+# --------------------------------------------------------------------- judge_reward (reference_rewards)
+def judge_len(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float | None]:
+    """A held-out judge: the completion's length in words; None ("not applicable") for the completion "skip"."""
+    return [None if c == "skip" else float(len(c.split())) for c in completions]
+
+
+def test_the_named_judge_is_shipped_as_reference_rewards() -> None:
+    client = FakeClient()
+    cb = FPEMonitorCallback(client, embedder=PoolEmbedder(), judge_reward="judge_len")
+    proxy, judge = wrap_reward_funcs([count_a, judge_len], cb)
+    args = TrainingArguments(output_dir="/tmp/unused", report_to=[], use_cpu=True)
+    args.reward_weights = [1.0, 0.0]  # the judge is logged, it does not drive training
+    state, control = TrainerState(), TrainerControl()
+    cb.on_train_begin(args, state, control, model=nn.Linear(1, 1))
+
+    def step(s: int, comps: list[str]) -> dict[str, Any]:
+        cb.on_step_begin(args, state, control)
+        for f in (proxy, judge):
+            f(prompts=["say a"] * len(comps), completions=comps, trainer_state=state)
+        state.global_step = s
+        cb.on_step_end(args, state, control)
+        return client.calls[-1]
+
+    call = step(1, ["a a", "b", "a b c"])
+    assert torch.equal(call["rewards"], torch.tensor([2.0, 0.0, 1.0]))  # TRL's weighted sum: the judge at 0
+    assert torch.equal(call["reference_rewards"], torch.tensor([2.0, 1.0, 3.0]))  # the judge's own values
+    call = step(2, ["a", "skip", "a a"])  # "not applicable": NaN, a row the client drops from the whole step
+    assert call["reference_rewards"][[0, 2]].tolist() == [1.0, 2.0] and math.isnan(call["reference_rewards"][1])
+    call = step(3, ["skip", "skip"])  # no judgement at all: no reference_rewards argument
+    assert "reference_rewards" not in call and call["rewards"].tolist() == [0.0, 0.0]
+    assert not cb.stats.errors
+    # without judge_reward, observe() gets no reference_rewards argument (clients that predate it still work)
+    plain = FakeClient()
+    cb2 = FPEMonitorCallback(plain, embedder=PoolEmbedder())
+    (f,) = wrap_reward_funcs([count_a], cb2)
+    cb2.on_step_begin(args, state, control)
+    f(prompts=["p", "q"], completions=["a", "b"], trainer_state=state)
+    cb2.on_step_end(args, state, control)
+    assert "reference_rewards" not in plain.calls[0]
+
+
+def test_a_judge_that_is_not_wrapped_is_a_setup_error(caplog: pytest.LogCaptureFixture) -> None:
+    def callback(judge: Any) -> FPEMonitorCallback:
+        return FPEMonitorCallback(FakeClient(), embedder=PoolEmbedder(), judge_reward=judge)
+
+    with pytest.raises(
+        ValueError,
+        match=r"judge_reward='true_reward' is not among the wrapped reward functions \['count_a', 'judge_len'\]",
+    ):
+        wrap_reward_funcs([count_a, judge_len], callback("true_reward"))
+    with pytest.raises(ValueError, match="judge_reward='count_a' names 2 of the wrapped reward functions"):
+        wrap_reward_funcs([count_a, functools.partial(count_a)], callback("count_a"))
+    with pytest.raises(ValueError, match="is a reward model: its scores are not recorded"):
+        wrap_reward_funcs(["org/reward-model", count_a], callback("reward-model"))
+    with pytest.raises(TypeError, match="judge_reward must be a reward function's name"):
+        callback(judge_len)
+    # nothing wrapped at all (probes only): the trainer's on_train_begin raises, before any step
+    args = TrainingArguments(output_dir="/tmp/unused", report_to=[], use_cpu=True)
+    lonely = callback("judge_len")
+    with pytest.raises(ValueError, match="judge_reward='judge_len' is not among the wrapped reward functions"):
+        lonely.on_train_begin(args, TrainerState(), TrainerControl(), model=nn.Linear(1, 1))
+    # a judge that drives training is allowed, with a warning
+    weighted = callback("judge_len")
+    wrap_reward_funcs([count_a, judge_len], weighted)
+    args.reward_weights = [1.0, 0.5]
+    with caplog.at_level(logging.WARNING, logger="fpmon.trl"):
+        weighted.on_train_begin(args, TrainerState(), TrainerControl(), model=nn.Linear(1, 1))
+    assert any("nonzero weight" in r.message for r in caplog.records) and not weighted.stats.errors
+
+
+def test_a_grpo_run_ships_the_judge_as_reference_rewards(tmp_path: Path) -> None:
+    """A real GRPOTrainer with the judge logged at weight 0 → the in-process client: each stored step carries
+    the judge's value of every completion as reference_rewards, beside TRL's weighted rewards."""
+    db = f"sqlite:///{tmp_path / 'judge.db'}"
+    client = make_client("in-process", "grpo-judge", tmp_path, None, db)
+    cb = FPEMonitorCallback(client, embedder=PoolEmbedder(), judge_reward="judge_len")
+    seen: dict[int, list[str]] = {}
+    try:
+        trainer = run_grpo(tmp_path, cb, steps=2, seen=seen, judge=judge_len)
+        assert client.flush(60)
+    finally:
+        client.close()
+    assert trainer.state.global_step == 2 and not cb.stats.errors
+    rows = stored_steps(db, "grpo-judge")
+    assert sorted(rows) == [1, 2] and all(r["status"] == "done" for r in rows.values())
+    from monitor.stepfile import decode_step
+
+    engine = storage.make_engine(db)
+    try:
+        with storage.session_factory(engine)() as session:
+            run = storage.get_run_by_name(session, "grpo-judge")
+            assert run is not None
+            for s in (1, 2):
+                body = storage.load_payload(session, run.id, s)
+                assert body is not None
+                payload = decode_step(body)
+                assert payload.texts == seen[s]
+                assert payload.rewards is not None and payload.reference_rewards is not None
+                assert payload.rewards.tolist() == [2.0 * c.split().count("a") for c in seen[s]]
+                assert payload.reference_rewards.tolist() == judge_len([], seen[s])
+    finally:
+        engine.dispose()
+
+
+def test_probes_are_judged_too_and_gathering_keeps_the_judge() -> None:
+    client = FakeClient()
+    cb = FPEMonitorCallback(
+        client,
+        embedder=PoolEmbedder(),
+        probe_prompts=["say a", "say b"],
+        probe_every=2,
+        probe_samples_per_prompt=2,
+        judge_reward="judge_len",
+    )
+    wrap_reward_funcs([count_a, judge_len], cb)  # for scoring only: no trainer calls them
+    args = TrainingArguments(output_dir="/tmp/unused", report_to=[], use_cpu=True)
+    args.reward_weights = [1.0, 0.0]
+    state, control = TrainerState(), TrainerControl()
+    model = tiny_model()
+    cb.on_train_begin(args, state, control, model=model, processing_class=tiny_tokenizer())
+    state.global_step = 2
+    cb.on_step_end(args, state, control, model=model)
+    (probe,) = client.calls
+    assert probe["rewards"].tolist() == count_a(probe["prompts"], probe["responses"])
+    assert probe["reference_rewards"].tolist() == judge_len(probe["prompts"], probe["responses"])
+    # the single-process gather carries the judge's rewards through (None stays None)
+    batch = gather_to_main(torch.ones(2, 3), [1.0, 2.0], ["a", "b"], None, reference_rewards=[0.5, 1.5])
+    assert batch is not None and torch.equal(batch.reference_rewards, torch.tensor([0.5, 1.5]))
+    assert gather_to_main(torch.ones(2, 3), [1.0, 2.0], ["a", "b"], None).reference_rewards is None
+    with pytest.raises(ValueError, match="one reward/text/prompt per row"):
+        gather_to_main(torch.ones(2, 3), [1.0, 2.0], ["a", "b"], None, reference_rewards=[0.5])

@@ -35,13 +35,28 @@ def get_alert(alert_id: AlertId, session: SessionDep) -> AlertOut:
 
 
 @router.post(
-    "/{alert_id}/review", response_model=AlertOut, dependencies=[WriteAuth], responses={404: {"model": Problem}}
+    "/{alert_id}/review",
+    response_model=AlertOut,
+    dependencies=[WriteAuth],
+    responses={
+        404: {"model": Problem},
+        422: {"model": Problem, "description": "Invalid review, e.g. rebaseline with another decision than dismissed"},
+    },
 )
 def review_alert(alert_id: AlertId, body: ReviewIn, session: SessionDep) -> AlertOut:
-    """Record a reviewer's decision; the alert's status becomes the decision."""
+    """Record a reviewer's decision; the alert's status becomes the decision.
+
+    ``rebaseline: true`` (only with ``decision: "dismissed"``, else 422 and nothing is recorded) treats the
+    change as the run's new normal: the run's monitor is re-baselined before its next processed step (the
+    request is stored with the run, so a restart does not lose it; ``RunOut.rebaseline_pending`` shows it and
+    the review's ``rebaseline_step`` says when it was applied). Without it, or when confirming, the detector is
+    left as it is.
+    """
     get_alert_or_404(session, alert_id)
     try:
-        alert = storage.review_alert(session, alert_id, body.decision, body.reviewer.strip(), body.note)
+        alert = storage.review_alert(
+            session, alert_id, body.decision, body.reviewer.strip(), body.note, rebaseline=body.rebaseline
+        )
     except storage.NotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
     except ValueError as exc:

@@ -47,19 +47,26 @@ def alert_context(
         int, Query(ge=16, le=MAX_MAP_POINTS, description="Most map points per step (flagged always kept)")
     ] = MAX_MAP_POINTS,
 ) -> AlertContext:
-    """The alert with its step's observables, the top-k samples by |δ| beside k typical samples of the same
-    step (smallest |δ|) and k of the run's reference step (its first processed step), and the 2-D map
-    (the run's projection) of both steps."""
+    """The alert with its step's observables; the responses it lists (``top_samples``: the ones that carry the
+    most evidence, largest first), completed to k by the step's next samples by witness score (by |δ| where the
+    step has none), beside k typical samples of the same step (smallest witness score, or |δ|) and k of the
+    run's reference step (its first processed step); and the 2-D map (the run's projection) of both steps."""
     alert = get_alert_or_404(session, alert_id)
     run_id, step = alert.run_id, alert.step
     row = storage.get_step(session, run_id, step)
     if row is None:  # the foreign key makes this unreachable unless the step was deleted by hand
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"step {step} of alert {alert_id} is gone")
-    flagged = storage.step_samples(session, run_id, step, order="div", limit=k)
+    listed = [int(s["index"]) for s in alert.top_samples if isinstance(s, dict) and "index" in s][:k]
+    by_index = {s.index: s for s in storage.samples_at(session, run_id, step, listed)}
+    flagged = [by_index[i] for i in listed if i in by_index]
+    if len(flagged) < k:
+        taken = {s.index for s in flagged}
+        more = storage.step_samples(session, run_id, step, order="witness", limit=2 * k)
+        flagged += [s for s in more if s.index not in taken][: k - len(flagged)]
     flagged_ids = {s.index for s in flagged}
     typical = [
         s
-        for s in storage.step_samples(session, run_id, step, order="div_asc", limit=2 * k)
+        for s in storage.step_samples(session, run_id, step, order="witness_asc", limit=2 * k)
         if s.index not in flagged_ids
     ][:k]
     n = storage.sample_count(session, run_id, step)

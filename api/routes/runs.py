@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 
 import storage
-from monitor.processing import monitor_config_of
+from monitor.processing import EVIDENCE_SERIES, monitor_config_of
 
 from ..converters import runs_out, sample_out
 from ..deps import ReadAuth, RunId, ServicesDep, SessionDep, StepBound, StepNo, WriteAuth, get_run_or_404
@@ -89,6 +90,28 @@ def get_run(run_id: RunId, session: SessionDep, services: ServicesDep) -> RunOut
     return runs_out(session, [get_run_or_404(session, run_id)], services.settings.live_window_s)[0]
 
 
+#: the ``evidence`` query parameter's value that asks for every evidence series the run has
+ALL_EVIDENCE = "all"
+
+
+def evidence_names(evidence: str | None) -> list[str] | None:
+    """The evidence series asked for (``all``: every known one); a 422 naming the valid ones for unknown names."""
+    if evidence is None:
+        return None
+    wanted = list(dict.fromkeys(n.strip() for n in evidence.split(",") if n.strip()))
+    if wanted == [ALL_EVIDENCE]:
+        return list(EVIDENCE_SERIES)
+    unknown = [n for n in wanted if n not in EVIDENCE_SERIES]
+    if unknown or not wanted:
+        raise FieldError(
+            status.HTTP_422_UNPROCESSABLE_CONTENT,
+            ["query", "evidence"],
+            f"unknown evidence series {unknown or [evidence]}; use {ALL_EVIDENCE!r} or a comma-separated list of "
+            f"{list(EVIDENCE_SERIES)}",
+        )
+    return wanted
+
+
 @router.get(
     "/{run_id}/metrics", response_model=MetricRows, dependencies=[ReadAuth], responses={404: {"model": Problem}}
 )
@@ -101,12 +124,42 @@ def get_metrics(
     start: StepBound = None,
     end: StepBound = None,
     max_points: Annotated[int, Query(ge=2, le=100_000)] = 1000,
+    evidence: Annotated[
+        str | None,
+        Query(
+            description="Evidence of change to add to each row (rows[].evidence, natural-log e-values) with the "
+            "alarm level (evidence_threshold = log(1/alpha)): 'all' (every series the run has), or comma-separated "
+            f"names among {', '.join(EVIDENCE_SERIES)} (embedding and reward are the combined evidence that raises "
+            "alerts; the others are its streams). Unknown names: 422.",
+            pattern=NO_NUL,
+            max_length=1000,
+        ),
+    ] = None,
 ) -> MetricRows:
-    """One row per processed step in [start, end], decimated to at most max_points (first and last kept)."""
+    """One row per processed step in [start, end], decimated to at most max_points (first and last kept).
+
+    With ``evidence``, each row also carries the requested evidence series after that step and the response the
+    run's alarm level ``evidence_threshold`` (``log(1/alpha)``; ``evidence_alpha`` = alpha): an alert is raised
+    when the combined ``embedding`` (or ``reward``) evidence reaches it. With ``evidence=all``, series that have no
+    value at any returned step are left out.
+    """
     get_run_or_404(session, run_id)
     wanted = [n.strip() for n in names.split(",") if n.strip()] if names else None
-    rows = storage.metrics(session, run_id, wanted, start, end, max_points)
-    return MetricRows(rows=[MetricRow(step=r["step"], scalars=r["scalars"], transition=r["transition"]) for r in rows])
+    series = evidence_names(evidence)
+    rows = storage.metrics(session, run_id, wanted, start, end, max_points, evidence=series)
+    if series is not None and evidence is not None and evidence.strip() == ALL_EVIDENCE:
+        present = {name for r in rows for name, value in r["evidence"].items() if value is not None}
+        for r in rows:
+            r["evidence"] = {name: value for name, value in r["evidence"].items() if name in present}
+    threshold = storage.evidence_threshold(session, run_id) if series is not None else None
+    return MetricRows(
+        rows=[
+            MetricRow(step=r["step"], scalars=r["scalars"], transition=r["transition"], evidence=r.get("evidence"))
+            for r in rows
+        ],
+        evidence_threshold=threshold,
+        evidence_alpha=math.exp(-threshold) if threshold is not None else None,
+    )
 
 
 @router.get(
@@ -119,11 +172,19 @@ def get_samples(
     run_id: RunId,
     step: StepNo,
     session: SessionDep,
-    order: Annotated[str, Query(pattern="^(div|index)$")] = "div",
+    order: Annotated[
+        str,
+        Query(
+            pattern="^(div|witness|index)$",
+            description="div: by |δ|, largest first; witness: by witness score (the evidence a sample carries), "
+            "largest first, unknown scores last; index: by position in the step",
+        ),
+    ] = "div",
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0,
 ) -> SampleList:
-    """The samples of a processed step, by |δ| (largest first) or by index."""
+    """The samples of a processed step (each with its witness score), by |δ| (largest first), by witness score
+    (largest first) or by index."""
     get_run_or_404(session, run_id)
     row = storage.get_step(session, run_id, step)
     if row is None or row.status != "done":

@@ -47,7 +47,9 @@ _PAYLOAD_DOC = {
     "required": True,
     "description": (
         "A safetensors file: tensor `latents` (n×d, float32/float16/bfloat16), optional `rewards` (n, "
-        "float32/float64/float16/bfloat16); metadata `step` (integer as text) and optional `lr` (positive), "
+        "float32/float64/float16/bfloat16) and optional `reference_rewards` (n, same dtypes, finite: a held-out "
+        "judge's rewards of the same responses, which do not drive training; only with `rewards`; the monitor "
+        "then uses the proxy − judge gap); metadata `step` (integer as text) and optional `lr` (positive), "
         "`sample_ids`, `texts`, `prompts` (JSON lists of n strings: valid UTF-8 without NUL characters, "
         f"sample ids of at most {MAX_SAMPLE_ID_CHARS} characters)."
     ),

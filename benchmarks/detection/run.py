@@ -1,5 +1,6 @@
 """The reward-hacking benchmark's command: record toy GRPO runs, then evaluate every detector on them.
 
+    python benchmarks/detection/run.py all --plan full -j 2 --split all  # the pre-registered benchmark, ≈ 1 h
     python benchmarks/detection/run.py record --kinds phrase control --seeds 0 1 2 3 4 -j 2  # bench-out/detection/
     python benchmarks/detection/run.py evaluate                   # development split (phrase, control seeds 0–4)
     python benchmarks/detection/run.py evaluate --split heldout    # every other recorded run
@@ -82,6 +83,15 @@ def configs(args: argparse.Namespace) -> tuple[RecordConfig, EvalConfig]:
     return rec, ev
 
 
+FULL_PLAN: tuple[tuple[str, int], ...] = tuple(
+    [(kind, seed) for kind in ("phrase", "control") for seed in range(5)]  # development runs first
+    + [("phrase", seed) for seed in range(5, 10)]
+    + [(kind, seed) for kind in ("gradual", "format", "discovery") for seed in range(10)]
+    + [("control", seed) for seed in range(5, 20)]
+)
+"""The pre-registered runs (kind, seed): 60 runs of 200 steps."""
+
+
 def _record_one(job: tuple[RecordConfig, str, int]) -> str:
     rec, kind, seed = job
     return str(record_run(rec, kind, seed))  # type: ignore[arg-type]
@@ -90,6 +100,13 @@ def _record_one(job: tuple[RecordConfig, str, int]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", nargs="?", choices=("all", "record", "evaluate"), default="all")
+    parser.add_argument(
+        "--plan",
+        choices=("full",),
+        default=None,
+        help="record the pre-registered plan (docs/validation/detection-preregistration.md): phrase, gradual, "
+        "format and discovery seeds 0-9, control seeds 0-19 (overrides --kinds/--seeds when recording)",
+    )
     parser.add_argument("--out", default="bench-out/detection", help="folder of the recorded runs")
     parser.add_argument("--split", choices=("dev", "heldout", "all"), default="dev", help="runs to evaluate")
     parser.add_argument("--doc-dir", default=None, help="development results (default docs/validation/detection)")
@@ -113,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         ev = dataclasses.replace(ev, write_doc=False)
     t0 = time.perf_counter()
     if args.command in ("all", "record"):
-        todo = [(kind, seed) for seed in rec.seeds for kind in rec.kinds]
+        todo = [(kind, seed) for seed in rec.seeds for kind in rec.kinds] if args.plan is None else list(FULL_PLAN)
         if args.jobs > 1:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor

@@ -16,6 +16,19 @@ const DECISIONS = [
   ["confirmed", "Confirm", "c"],
   ["dismissed", "Dismiss as false positive", "d"],
 ];
+// evidence of change (GET /v1/runs/{id}/metrics?evidence=all): combined series first, then the streams
+const EVIDENCE_COMBINED = ["embedding", "reward"];
+const EVIDENCE_STREAMS = ["embedding_lagged", "embedding_reference", "reward_rise", "judge_gap"];
+const EVIDENCE_STYLE = {
+  embedding: { label: "embedding evidence", stroke: "#7048e8", width: 2 },
+  reward: { label: "reward evidence", stroke: "#e8590c", width: 2 },
+  embedding_lagged: { label: "stream: embedding vs lagged window", stroke: "#9775fa", width: 1.2, dash: [5, 3] },
+  embedding_reference: { label: "stream: embedding vs reference", stroke: "#4dabf7", width: 1.2, dash: [5, 3] },
+  reward_rise: { label: "stream: reward rise", stroke: "#ffa94d", width: 1.2, dash: [5, 3] },
+  judge_gap: { label: "stream: proxy − judge gap", stroke: "#a9711b", width: 1.2, dash: [5, 3] },
+};
+const EVIDENCE_TITLE = "Evidence of change (log e-value)";
+const THRESHOLD_RGB = "#e03131"; // not the alert markers' #d6336c
 const SERIES_HELP = {
   C: "coherence C: share of the flow explained by the drift",
   S_dot: "entropy production rate Ṡ",
@@ -333,10 +346,187 @@ function makeChart(container, name, data, syncKey, marks, width, onZoom) {
   return chart;
 }
 
+// ------------------------------------------------------------------------------------------ evidence chart
+function evidenceNames(rows) {
+  // the evidence series with a value at some row, combined first (always listed), then the streams
+  const seen = new Set(rows.flatMap((r) => Object.entries(r.evidence || {}).filter(([, v]) => v !== null).map(([k]) => k)));
+  return [...EVIDENCE_COMBINED, ...EVIDENCE_STREAMS.filter((n) => seen.has(n))];
+}
+
+function evidenceColumns(rows, names) {
+  const xs = rows.map((r) => r.step);
+  return [xs, ...names.map((name) => rows.map((r) => (r.evidence ? r.evidence[name] ?? null : null)))];
+}
+
+function alarmLabel(threshold) {
+  return `alarm at 1/α = ${fmt(Math.exp(threshold), 3)}`;
+}
+
+function thresholdPlugin(getThreshold) {
+  // the alarm level log(1/α): a dashed horizontal line across the plot, labelled
+  return {
+    hooks: {
+      draw: [
+        (u) => {
+          const threshold = getThreshold();
+          if (threshold === null || threshold === undefined) return;
+          const y = Math.round(u.valToPos(threshold, "y", true));
+          const { left, width } = u.bbox;
+          const { ctx } = u;
+          ctx.save();
+          ctx.strokeStyle = THRESHOLD_RGB;
+          ctx.lineWidth = 2 * devicePixelRatio;
+          ctx.setLineDash([8 * devicePixelRatio, 5 * devicePixelRatio]);
+          ctx.beginPath();
+          ctx.moveTo(left, y);
+          ctx.lineTo(left + width, y);
+          ctx.stroke();
+          ctx.setLineDash([]);
+          ctx.fillStyle = THRESHOLD_RGB;
+          ctx.font = `${600} ${12 * devicePixelRatio}px system-ui, sans-serif`;
+          ctx.textAlign = "left"; // the left end: before a change, the series run well below the line
+          ctx.fillText(alarmLabel(threshold), left + 6 * devicePixelRatio, y - 5 * devicePixelRatio);
+          ctx.restore();
+        },
+      ],
+    },
+  };
+}
+
+function makeEvidenceChart(container, rows, names, threshold, opts) {
+  // one uPlot chart of the evidence series against the threshold; streams start hidden (toggle on demand)
+  const { syncKey, marks, width, onZoom, height = 240 } = opts;
+  const state_ = { threshold };
+  const uopts = {
+    title: EVIDENCE_TITLE,
+    width,
+    height,
+    cursor: { sync: { key: syncKey }, drag: { x: true, y: false } },
+    scales: {
+      x: { time: false },
+      y: {
+        range: (u, min, max) => {
+          const t = state_.threshold ?? 0;
+          const lo = Math.min(0, min ?? 0);
+          const hi = Math.max(t * 1.2, max ?? 0, 1);
+          return [lo - 0.05 * (hi - lo), hi];
+        },
+      },
+    },
+    legend: { live: true },
+    axes: [
+      { stroke: "#5b6472", grid: { stroke: "#eef1f5" }, ticks: { stroke: "#dfe3ea" } },
+      {
+        label: "log e-value",
+        stroke: "#5b6472",
+        grid: { stroke: "#eef1f5" },
+        ticks: { stroke: "#dfe3ea" },
+        size: 72,
+        values: (u, splits) => splits.map(axisLabel),
+      },
+    ],
+    series: [
+      { label: "step" },
+      ...names.map((name) => {
+        const style = EVIDENCE_STYLE[name] || { label: name, stroke: "#868e96", width: 1.2 };
+        return {
+          label: style.label,
+          stroke: style.stroke,
+          width: style.width,
+          dash: style.dash,
+          show: EVIDENCE_COMBINED.includes(name),
+          points: { show: false },
+          spanGaps: false,
+        };
+      }),
+    ],
+    plugins: [markerPlugin(() => marks), thresholdPlugin(() => state_.threshold)],
+    hooks: onZoom ? { setScale: [(u, key) => key === "x" && onZoom(u)] } : {},
+  };
+  const chart = new uPlot(uopts, evidenceColumns(rows, names), container);
+  chart.root.dataset.series = "evidence";
+  chart.evidence = { names, state: state_ };
+  return chart;
+}
+
+function evidenceFigure(rows, threshold, opts) {
+  // the figure (chart + plain-words legend + per-stream toggles); returns { box, mount(), update(rows, threshold) }
+  let names = evidenceNames(rows);
+  const box = h("figure", {
+    class: "chart evidence-chart",
+    id: opts.id,
+    dataset: { series: "evidence", threshold: threshold ?? "" },
+  });
+  const legend = h("p", { class: "evidence-legend", id: `${opts.id}-threshold` });
+  const describe = () => {
+    legend.textContent =
+      threshold === null || threshold === undefined
+        ? "No evidence stored yet for this run."
+        : `Dashed line: ${alarmLabel(threshold)} (log e-value ${fmt(threshold, 3)}). An alert fires when the embedding evidence (or the reward evidence, for reward hacking) reaches it; a false alarm happens less than once per 1/α steps on average.`;
+  };
+  describe();
+  const toggles = h("div", { class: "evidence-toggles", id: `${opts.id}-streams` });
+  const holder = h("div", {}, box, legend, toggles);
+  let chart = null;
+  const renderToggles = () => {
+    const streams = names.filter((n) => !EVIDENCE_COMBINED.includes(n));
+    toggles.replaceChildren(
+      ...(streams.length ? [h("span", { class: "muted" }, "Show streams: ")] : []),
+      ...streams.map((name) => {
+        const idx = names.indexOf(name) + 1;
+        return h(
+          "label",
+          { class: "toggle" },
+          h("input", {
+            type: "checkbox",
+            dataset: { stream: name },
+            checked: chart ? chart.series[idx].show : false,
+            onchange: (event) => chart && chart.setSeries(idx, { show: event.target.checked }),
+          }),
+          ` ${name}`,
+        );
+      }),
+    );
+  };
+  const mount = () => {
+    const width = Math.max(320, box.clientWidth - 8);
+    chart = makeEvidenceChart(box, rows, names, threshold, { ...opts, width });
+    box.dataset.lastStep = rows.length ? rows[rows.length - 1].step : "";
+    renderToggles();
+    return chart;
+  };
+  const update = (allRows, fresh) => {
+    rows = allRows;
+    if (fresh !== null && fresh !== undefined) {
+      threshold = fresh;
+      box.dataset.threshold = fresh;
+      chart.evidence.state.threshold = fresh;
+      describe();
+    }
+    const next = evidenceNames(rows);
+    if (next.join() !== names.join()) {
+      // a stream appeared: rebuild the chart with it (shown series kept)
+      const shown = new Set(names.filter((n, i) => chart.series[i + 1].show));
+      names = next;
+      const width = chart.width;
+      chart.destroy();
+      box.replaceChildren();
+      chart = makeEvidenceChart(box, rows, names, threshold, { ...opts, width });
+      names.forEach((n, i) => shown.has(n) && chart.setSeries(i + 1, { show: true }));
+      renderToggles();
+    } else {
+      chart.setData(evidenceColumns(rows, names));
+    }
+    box.dataset.lastStep = rows.length ? rows[rows.length - 1].step : "";
+    return chart;
+  };
+  return { holder, box, mount, update, get chart() { return chart; } };
+}
+
 async function renderRun(runId) {
   const [run, metrics, alertList] = await Promise.all([
     api(`v1/runs/${runId}`),
-    api(`v1/runs/${runId}/metrics?max_points=5000`),
+    api(`v1/runs/${runId}/metrics?max_points=5000&evidence=all`),
     api(`v1/alerts?run_id=${runId}&limit=1000`),
   ]);
   setTitle(run.name);
@@ -357,6 +547,9 @@ async function renderRun(runId) {
     for (const chart of charts.values()) if (chart !== source) chart.setScale("x", { min, max });
     zooming = false;
   };
+  // default on: the evidence that raises alerts, against its alarm level (the streams on demand)
+  const evidence = evidenceFigure(rows, metrics.evidence_threshold, { id: "evidence", syncKey, marks, onZoom: zoomOthers });
+  state.cleanups.push(() => evidence.chart && evidence.chart.destroy());
 
   const addChart = (name) => {
     if (charts.has(name)) return;
@@ -397,7 +590,16 @@ async function renderRun(runId) {
       "section",
       { class: "page-head" },
       h("p", { class: "crumbs" }, h("a", { href: "#/runs" }, "Runs"), " / "),
-      h("h1", {}, run.name, " ", pill(run.status, run.status === "live" ? "live" : "idle")),
+      h(
+        "h1",
+        {},
+        run.name,
+        " ",
+        pill(run.status, run.status === "live" ? "live" : "idle"),
+        run.rebaseline_pending
+          ? h("span", { id: "rebaseline-pending", title: "A reviewer dismissed an alert as the new normal" }, pill("re-baseline at the next step", "acknowledged"))
+          : null,
+      ),
     ),
     h(
       "section",
@@ -423,6 +625,12 @@ async function renderRun(runId) {
       picker,
       h("button", { type: "button", id: "reset-zoom", onclick: resetZoom }, "Reset zoom"),
     ),
+    h(
+      "section",
+      { class: "card evidence-card" },
+      h("h2", {}, "Why alerts fire: evidence of change ", h("span", { class: "muted" }, "(natural log of the e-detectors' e-values)")),
+      evidence.holder,
+    ),
     grid,
     h(
       "section",
@@ -432,10 +640,14 @@ async function renderRun(runId) {
     ),
   );
   if (!rows.length) grid.append(h("p", { class: "muted" }, "No processed step yet."));
+  charts.set("evidence", evidence.mount());
   for (const name of shown) addChart(name);
 
   const onResize = () => {
-    for (const chart of charts.values()) chart.setSize({ width: Math.max(320, chart.root.parentElement.clientWidth - 8), height: 190 });
+    for (const [name, chart] of charts) {
+      const height = name === "evidence" ? 240 : 190;
+      chart.setSize({ width: Math.max(320, chart.root.parentElement.clientWidth - 8), height });
+    }
   };
   window.addEventListener("resize", onResize);
   state.cleanups.push(() => window.removeEventListener("resize", onResize));
@@ -445,7 +657,7 @@ async function renderRun(runId) {
       setInterval(async () => {
         const last = rows.length ? rows[rows.length - 1].step : -1;
         const [fresh, latest, now] = await Promise.all([
-          api(`v1/runs/${runId}/metrics?start=${last + 1}&max_points=5000`).catch(() => null),
+          api(`v1/runs/${runId}/metrics?start=${last + 1}&max_points=5000&evidence=all`).catch(() => null),
           api(`v1/alerts?run_id=${runId}&limit=1000`).catch(() => null),
           api(`v1/runs/${runId}`).catch(() => null),
         ]);
@@ -460,7 +672,9 @@ async function renderRun(runId) {
         }
         rows = rows.concat(fresh.rows);
         marks.transitions = rows.filter((r) => r.transition).map((r) => r.step);
+        charts.set("evidence", evidence.update(rows, fresh.evidence_threshold));
         for (const [name, chart] of charts) {
+          if (name === "evidence") continue;
           chart.setData(columnsOf(rows, [name]));
           chart.root.parentElement.dataset.lastStep = rows[rows.length - 1].step;
         }
@@ -568,6 +782,15 @@ function sampleList(title, subtitle, samples, kind) {
                 h("span", { class: "idx" }, `#${s.index}`),
                 s.sample_id ? h("span", { class: "muted" }, s.sample_id) : null,
                 h("span", { class: "spacer" }),
+                h(
+                  "span",
+                  {
+                    class: "metric witness",
+                    title: "witness score: the evidence of change this response carries (larger: more like where the run is moving, less like its recent past)",
+                  },
+                  "witness ",
+                  h("b", {}, fmt(s.witness, 3)),
+                ),
                 h("span", { class: "metric", title: "relative flux divergence δ" }, "δ ", h("b", {}, fmt(s.div, 3))),
                 h("span", { class: "metric", title: "reward" }, "r ", h("b", {}, fmt(s.reward, 3))),
               ),
@@ -666,6 +889,15 @@ function reviewsList(reviews) {
             " ",
             h("b", {}, r.reviewer),
             h("span", { class: "muted" }, ` · ${new Date(r.created_at).toLocaleString()}`),
+            r.rebaseline
+              ? h(
+                  "p",
+                  { class: "rebaseline-note" },
+                  r.rebaseline_step === null || r.rebaseline_step === undefined
+                    ? "Treated as the new normal: the detector is re-baselined before the run's next step (pending)."
+                    : `Treated as the new normal: the detector was re-baselined before step ${r.rebaseline_step}.`,
+                )
+              : null,
             r.note ? h("p", { class: "note" }, r.note) : null,
           ),
         )
@@ -684,6 +916,7 @@ function reviewPanel(alert, onDone) {
     value: localStorage.getItem(REVIEWER_KEY) || "",
   });
   const note = h("textarea", { id: "note", name: "note", rows: 4, maxlength: 10000, placeholder: "why (optional)" });
+  const rebaseline = h("input", { type: "checkbox", id: "rebaseline", name: "rebaseline" });
   const buttons = DECISIONS.map(([decision, label, key]) =>
     h(
       "button",
@@ -709,10 +942,15 @@ function reviewPanel(alert, onDone) {
     for (const b of buttons) b.disabled = true;
     try {
       const body = { decision, reviewer: reviewer.value.trim(), note: note.value.trim() || null };
+      // the re-baseline goes with a dismissal only (the API refuses it with any other decision)
+      if (decision === "dismissed" && rebaseline.checked) body.rebaseline = true;
       const updated = await api(`v1/alerts/${alert.alert_id}/review`, { method: "POST", body });
       message.className = "review-message ok";
-      message.textContent = `Recorded: ${decision} by ${body.reviewer}.`;
+      message.textContent = body.rebaseline
+        ? `Recorded: ${decision} by ${body.reviewer}; the detector is re-baselined before the run's next step.`
+        : `Recorded: ${decision} by ${body.reviewer}.`;
       note.value = "";
+      rebaseline.checked = false;
       onDone(updated);
     } catch (error) {
       message.className = "review-message error";
@@ -740,6 +978,15 @@ function reviewPanel(alert, onDone) {
     h("label", {}, "Reviewer", reviewer),
     h("label", {}, "Note", note),
     h("div", { class: "decisions" }, buttons),
+    h(
+      "label",
+      {
+        class: "check",
+        title: "Only with Dismiss: the run's current behaviour becomes the detector's baseline, so this change does not alert again",
+      },
+      rebaseline,
+      " Dismiss: treat as the new normal (re-baseline the detector)",
+    ),
     message,
   );
 }
@@ -747,7 +994,18 @@ function reviewPanel(alert, onDone) {
 async function renderAlert(alertId) {
   const ctx = await api(`v1/alerts/${alertId}/context?k=8`);
   const alert = ctx.alert;
-  const run = await api(`v1/runs/${alert.run_id}`);
+  const window_ = `start=${Math.max(0, alert.step - 60)}&end=${alert.step + 20}`;
+  const [run, around] = await Promise.all([
+    api(`v1/runs/${alert.run_id}`),
+    api(`v1/runs/${alert.run_id}/metrics?${window_}&names=C&evidence=all&max_points=1000`),
+  ]);
+  const evidence = evidenceFigure(around.rows, around.evidence_threshold, {
+    id: "alert-evidence",
+    syncKey: `alert-${alert.alert_id}`,
+    marks: { alerts: [alert], transitions: [] },
+    height: 200,
+  });
+  state.cleanups.push(() => evidence.chart && evidence.chart.destroy());
   setTitle(`Alert #${alert.alert_id}`, run.name);
   const statusPill = h("span", { id: "alert-status" }, pill(alert.status, alert.status));
   const reviewsBox = h("div", {}, reviewsList(alert.reviews));
@@ -812,7 +1070,7 @@ async function renderAlert(alertId) {
         h(
           "p",
           { class: "map-legend" },
-          h("span", { class: "legend-item" }, h("i", { class: "dot dot-flagged" }), `flagged (top ${ctx.flagged.length} by |δ|)`),
+          h("span", { class: "legend-item" }, h("i", { class: "dot dot-flagged" }), `flagged (the alert's ${ctx.flagged.length} responses)`),
           h("span", { class: "legend-item" }, h("i", { class: "dot dot-step" }), `step ${alert.step} (${ctx.n} samples)`),
           h("span", { class: "legend-item" }, h("i", { class: "dot dot-ref" }), `reference, step ${ctx.reference_step ?? "—"}`),
         ),
@@ -821,19 +1079,29 @@ async function renderAlert(alertId) {
     ),
     h(
       "section",
+      { class: "card evidence-card" },
+      h("h2", {}, `Evidence of change around step ${alert.step} `, h("span", { class: "muted" }, "(why the alert fired)")),
+      evidence.holder,
+    ),
+    h(
+      "section",
       { class: "card" },
       h("h2", {}, "Responses"),
       h(
         "div",
         { class: "columns" },
-        sampleList("Flagged", `top ${ctx.flagged.length} by |δ|`, ctx.flagged, "flagged"),
-        sampleList("Typical", `same step, smallest |δ|`, ctx.typical, "typical"),
+        sampleList("Flagged", `top ${ctx.flagged.length} by evidence (witness score)`, ctx.flagged, "flagged"),
+        sampleList("Typical", `same step, smallest witness score`, ctx.typical, "typical"),
         sampleList("Reference", `step ${ctx.reference_step ?? "—"}`, ctx.reference, "reference"),
       ),
     ),
   );
   drawMap(canvas, tooltip, ctx);
-  const onResize = () => drawMap(canvas, tooltip, ctx);
+  evidence.mount();
+  const onResize = () => {
+    drawMap(canvas, tooltip, ctx);
+    if (evidence.chart) evidence.chart.setSize({ width: Math.max(320, evidence.box.clientWidth - 8), height: 200 });
+  };
   window.addEventListener("resize", onResize);
   state.cleanups.push(() => window.removeEventListener("resize", onResize));
 }

@@ -70,6 +70,23 @@ def str_list(value: Sequence[str] | None, name: str, n: int | None) -> list[str]
     return out
 
 
+def reward_vector(value: Tensor | Sequence[float] | None, name: str, n: int) -> Tensor | None:
+    """``value`` as an (n,) float32 CPU copy (None stays None; NaN/Inf are kept: the step's builder drops
+    those rows); ``TypeError`` for what is not real numbers, ``ValueError`` for another length."""
+    if value is None:
+        return None
+    try:
+        given = torch.as_tensor(value)
+        if given.is_complex():  # float32 would silently drop the imaginary part
+            raise TypeError(f"{name} must be real numbers, got {given.dtype}")
+        r = given.detach().to("cpu", torch.float32, copy=True).reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{name} must be a tensor or a sequence of real numbers: {exc}") from exc
+    if r.numel() != n:
+        raise ValueError(f"{name} has {r.numel()} entries for a batch of {n}; pass one per sample")
+    return r
+
+
 class MonitorClient:
     """Sends each training step to the fpmon sidecar (or, with ``url=None``, monitors in-process).
 
@@ -134,6 +151,7 @@ class MonitorClient:
         embedder: Embedder | None = None,
         sample_ids: Sequence[str] | None = None,
         lr: float | None = None,
+        reference_rewards: Tensor | Sequence[float] | None = None,
     ) -> None:
         """Queue training step ``step``'s responses; returns as soon as the batch is copied.
 
@@ -148,12 +166,15 @@ class MonitorClient:
             embedder: embeds ``responses`` for this call (else the client's).
             sample_ids: n identifiers of the responses.
             lr: the trainer's learning rate at this step (positive).
+            reference_rewards: (n,) a second reward of the same responses that does not drive training (a
+                held-out judge, e.g. a function logged at weight 0); needs ``rewards``. The monitor's reward
+                evidence then uses the proxy − judge gap (``rewards − reference_rewards``).
 
         Raises ``TypeError``/``ValueError`` at once for bad input (wrong types or lengths, step < 0 or not
         increasing, neither latents nor an embedder, strings the sidecar would refuse: not valid UTF-8 such
         as a lone surrogate, a NUL character, a sample id over 200 characters); never because of the sidecar.
-        Rows whose latents or reward are NaN/Inf are dropped in the background (counted in
-        ``stats.dropped_rows``, warned once).
+        Rows whose latents, reward or reference reward are NaN/Inf are dropped in the background, from every
+        array of the step (counted in ``stats.dropped_rows``, warned once).
         When the queue (``ClientConfig.max_queue_bytes``) is full, a step with latents is written to the
         spool by this thread, behind the steps queued before it; one without latents is dropped (an error).
         """
@@ -195,17 +216,13 @@ class MonitorClient:
         check_strings("sample_ids", id_list, label="sample_ids")
         if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {lr!r}")
-        r: Tensor | None = None
-        if rewards is not None:
-            try:
-                given = torch.as_tensor(rewards)
-                if given.is_complex():  # float32 would silently drop the imaginary part
-                    raise TypeError(f"rewards must be real numbers, got {given.dtype}")
-                r = given.detach().to("cpu", torch.float32, copy=True).reshape(-1)
-            except (TypeError, ValueError, RuntimeError) as exc:
-                raise TypeError(f"rewards must be a tensor or a sequence of real numbers: {exc}") from exc
-            if r.numel() != n:
-                raise ValueError(f"rewards has {r.numel()} entries for a batch of {n}; pass one per sample")
+        r = reward_vector(rewards, "rewards", n)
+        rr = reward_vector(reference_rewards, "reference_rewards", n)
+        if rr is not None and r is None:
+            raise ValueError(
+                "reference_rewards need rewards: pass the training rewards of the same responses too (the "
+                "monitor compares the two)"
+            )
         z = None if latents is None else latents.detach().to(device="cpu", dtype=self.config.latent_dtype, copy=True)
         item = Item.of(
             step,
@@ -216,6 +233,7 @@ class MonitorClient:
             id_list,
             float(lr) if lr is not None else None,
             None if z is not None else (embedder or self.embedder),
+            reference_rewards=rr,
         )
         self._last_step = step
         self._transport.submit(item)

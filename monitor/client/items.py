@@ -30,6 +30,7 @@ class Item:
         prompts, sample_ids: n strings each, or None. ``lr``: the learning rate, or None.
         embedder: what embeds ``texts`` when ``latents`` is None.
         nbytes: what the step weighs in the queue's byte bound (latent, reward and text bytes).
+        reference_rewards: (n,) float32 CPU tensor of a held-out judge's rewards (only with ``rewards``), or None.
     """
 
     step: int
@@ -41,6 +42,7 @@ class Item:
     lr: float | None
     embedder: Embedder | None
     nbytes: int
+    reference_rewards: Tensor | None = None
 
     @classmethod
     def of(
@@ -53,12 +55,16 @@ class Item:
         sample_ids: list[str] | None,
         lr: float | None,
         embedder: Embedder | None = None,
+        *,
+        reference_rewards: Tensor | None = None,
     ) -> Item:
-        """An item with its ``nbytes``: latent bytes + 4 bytes per row + the characters of its strings."""
+        """An item with its ``nbytes``: latent bytes + 4 bytes per row and reward vector + the characters of
+        its strings."""
         n = int(latents.shape[0]) if latents is not None else len(texts or [])
         strings = sum(len(s) for seq in (texts, prompts, sample_ids) if seq for s in seq)
-        nbytes = (latents.numel() * latents.element_size() if latents is not None else 0) + 4 * n + strings
-        return cls(step, latents, texts, rewards, prompts, sample_ids, lr, embedder, nbytes)
+        per_row = 4 * (1 + (reference_rewards is not None))
+        nbytes = (latents.numel() * latents.element_size() if latents is not None else 0) + per_row * n + strings
+        return cls(step, latents, texts, rewards, prompts, sample_ids, lr, embedder, nbytes, reference_rewards)
 
 
 @dataclass
@@ -88,16 +94,21 @@ def check_embedding(z: Tensor, n: int) -> Tensor:
 
 
 def build_step(item: Item, z: Tensor, latent_dim: int | None) -> tuple[Built, int]:
-    """Encode ``item`` with (n, d) latents ``z`` without the rows whose latents or reward are NaN/Inf.
+    """Encode ``item`` with (n, d) latents ``z`` without the rows whose latents, reward or reference reward
+    are NaN/Inf (such a row is dropped from every array of the step).
 
     Returns the :class:`Built` step and how many rows were dropped. The step has a ``problem`` (it cannot
     be sent) when fewer than 2 rows are finite, or when ``d`` differs from the run's ``latent_dim``.
     """
     n, d = int(z.shape[0]), int(z.shape[1])
-    payload = StepPayload(item.step, z, item.rewards, item.lr, item.sample_ids, item.texts, item.prompts)
+    ref = item.reference_rewards
+    payload = StepPayload(
+        item.step, z, item.rewards, item.lr, item.sample_ids, item.texts, item.prompts, reference_rewards=ref
+    )
     finite = torch.isfinite(z.float()).all(dim=1)
-    if item.rewards is not None:
-        finite &= torch.isfinite(item.rewards)
+    for r in (item.rewards, ref):
+        if r is not None:
+            finite &= torch.isfinite(r)
     problem = None
     dropped = 0
     if not bool(finite.all()):
@@ -117,6 +128,7 @@ def build_step(item: Item, z: Tensor, latent_dim: int | None) -> tuple[Built, in
                 pick(item.sample_ids),
                 pick(item.texts),
                 pick(item.prompts),
+                reference_rewards=ref[keep] if ref is not None else None,
             )
         else:
             problem = f"only {len(kept)} of {n} rows are finite; a step needs at least 2"
@@ -161,7 +173,7 @@ class StepBuilder:
                 warn, self._warned = not self._warned, True
             if warn:
                 log.warning(
-                    "step %d: %d of %d rows have NaN/Inf latents or rewards; dropping such rows "
+                    "step %d: %d of %d rows have NaN/Inf latents, rewards or reference rewards; dropping such rows "
                     "(counted in stats.dropped_rows)",
                     item.step,
                     dropped,

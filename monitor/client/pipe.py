@@ -91,12 +91,13 @@ def tensor_from_wire(w: tuple[str, np.ndarray] | None) -> Tensor | None:
 
 def item_to_wire(item: Item) -> dict[str, Any]:
     """An observed step (with latents: the training process embeds before handing a step over) as a
-    picklable dict: ``step``, ``latents``, ``rewards`` (wire tensors), ``texts``, ``prompts``,
-    ``sample_ids``, ``lr``."""
+    picklable dict: ``step``, ``latents``, ``rewards``, ``reference_rewards`` (wire tensors), ``texts``,
+    ``prompts``, ``sample_ids``, ``lr``."""
     return {
         "step": item.step,
         "latents": tensor_to_wire(item.latents),
         "rewards": tensor_to_wire(item.rewards),
+        "reference_rewards": tensor_to_wire(item.reference_rewards),
         "texts": item.texts,
         "prompts": item.prompts,
         "sample_ids": item.sample_ids,
@@ -114,4 +115,5 @@ def item_from_wire(wire: dict[str, Any]) -> Item:
         wire["prompts"],
         wire["sample_ids"],
         wire["lr"],
+        reference_rewards=tensor_from_wire(wire.get("reference_rewards")),
     )

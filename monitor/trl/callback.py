@@ -7,12 +7,11 @@ under torch.distributed, :mod:`monitor.trl.distributed`), and applies resets (:m
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import threading
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -21,14 +20,12 @@ from torch import Tensor, nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .distributed import broadcast_from_main, gather_to_main, rank_and_world
+from .embedding import Embedder, client_embedder, reference_embedder
 from .probes import generate_probes, probe_due, probe_indices, score_probes
 from .reset import ResetPolicy, alert_key, apply_reset, pick_trigger
-from .rewards import RewardBatch, combine_batches, prompt_text, reward_float
+from .rewards import RewardBatch, StepRecord, combine_step, judge_slot, prompt_text, reward_float
 
 log = logging.getLogger("fpmon.trl")
-
-Embedder = Callable[[list[str]], Tensor]
-"""Texts → latents: ``list[str]`` of length n → float tensor (n, d) (``monitor.embed``'s protocol)."""
 
 
 @runtime_checkable
@@ -46,16 +43,12 @@ class MonitorClientLike(Protocol):
         embedder: Embedder | None = None,
         sample_ids: Sequence[str] | None = None,
         lr: float | None = None,
+        reference_rewards: Any = None,
     ) -> Any: ...
 
     def flush(self, timeout: float) -> bool: ...
 
     def alerts(self) -> list[dict[str, Any]]: ...
-
-
-def _client_embedder(client: Any) -> Any:
-    """The embedder a ``MonitorClient`` was built with (``embedder=``), or None."""
-    return getattr(client, "embedder", None) if client is not None else None
 
 
 @dataclass
@@ -86,6 +79,12 @@ class FPEMonitorCallback(TrainerCallback):
       entries are skipped, ``nansum``; rewards omitted when every entry is NaN), prompts and completions as
       text (conversations: the last user message, the assistant's content). Completions scored outside a
       training step (evaluation, between ``on_step_end`` and the next ``on_step_begin``) are not shipped.
+    - ``judge_reward``: the name of one wrapped reward function (TRL's name for it, e.g. ``"true_reward"``) that
+      does not drive training (weight 0 in ``args.reward_weights``; a warning otherwise): its own values per
+      completion are shipped as ``reference_rewards`` beside the weighted rewards (probes too), and the monitor's
+      reward evidence becomes the proxy − judge gap. Completions it scores None/NaN are dropped from the step.
+      A name that is not among the wrapped functions raises ``ValueError`` in :func:`wrap_reward_funcs` (or at
+      ``on_train_begin`` when nothing was wrapped): the one error this callback raises into the trainer.
     - With ``probe_prompts``: at the start (step 0: the initial policy's answers, which fix the run's
       reference frame; only when no reward functions are wrapped for this callback) and every
       ``probe_every`` steps, ``probe_samples_per_prompt`` sampled answers per prompt (``probe_max_new_tokens``
@@ -117,6 +116,8 @@ class FPEMonitorCallback(TrainerCallback):
         reset_policy: a :class:`ResetPolicy` to enable resets.
         probe_seed: seed of the probe sampling at step s: ``probe_seed + s``.
         flush_timeout_s: bound of the flush at ``on_train_end``, seconds.
+        judge_reward: the name of the wrapped reward function whose values are shipped as ``reference_rewards``
+            (see above), or None.
     """
 
     def __init__(
@@ -131,6 +132,7 @@ class FPEMonitorCallback(TrainerCallback):
         *,
         probe_seed: int = 0,
         flush_timeout_s: float = 30.0,
+        judge_reward: str | None = None,
     ) -> None:
         for name, value in (
             ("probe_every", probe_every),
@@ -149,6 +151,8 @@ class FPEMonitorCallback(TrainerCallback):
             raise TypeError(f"reset_policy must be a ResetPolicy or None, got {type(reset_policy).__name__}")
         if not (math.isfinite(flush_timeout_s) and flush_timeout_s >= 0):
             raise ValueError(f"flush_timeout_s must be a finite number ≥ 0, got {flush_timeout_s}")
+        if judge_reward is not None and not (isinstance(judge_reward, str) and judge_reward):
+            raise TypeError(f"judge_reward must be a reward function's name (a string) or None, got {judge_reward!r}")
         self.client = client
         self.embedder = embedder
         self.probe_prompts = probe_prompts
@@ -158,12 +162,14 @@ class FPEMonitorCallback(TrainerCallback):
         self.reset_policy = reset_policy
         self.probe_seed = probe_seed
         self.flush_timeout_s = flush_timeout_s
+        self.judge_reward = judge_reward
         self.stats = HookStats()
         self.reset_log: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._slots: list[Any] = []  # original reward funcs by slot (modules/strings included, unrecorded)
         self._pending: list[RewardBatch] = []
         self._weights: list[float] | None = None
+        self._judge: int | None = None  # the judge's slot, once resolved
         self._embed: Embedder | None = None
         self._tokenizer: Any = None
         self._seen_on_policy = False
@@ -178,6 +184,15 @@ class FPEMonitorCallback(TrainerCallback):
         with self._lock:
             self._slots.append(func)
             return len(self._slots) - 1
+
+    def resolve_judge(self) -> int | None:
+        """The slot of the ``judge_reward`` function among those registered (None without a judge); raises
+        ``ValueError`` when it is not among them (called by :func:`wrap_reward_funcs` and ``on_train_begin``)."""
+        if self.judge_reward is None:
+            return None
+        with self._lock:
+            self._judge = judge_slot(self._slots, self.judge_reward)
+            return self._judge
 
     def note_error(self, kind: str, exc: BaseException) -> None:
         """Count an exception of the hook in ``stats.errors`` and log it (once per kind); never raises."""
@@ -228,14 +243,15 @@ class FPEMonitorCallback(TrainerCallback):
             out, self._pending = self._pending, []
         return out
 
-    def _combine(self, batches: list[RewardBatch]) -> tuple[list[str], list[str], Tensor | None]:
-        """Texts, prompts and the TRL-weighted rewards (n,) of the pending batches, concatenated."""
-        return combine_batches(batches, self._weights, len(self._slots))
+    def _combine(self, batches: list[RewardBatch]) -> StepRecord:
+        """Texts, prompts, the TRL-weighted rewards (n,) and the judge's of the pending batches, concatenated."""
+        return combine_step(batches, self._weights, len(self._slots), self._judge)
 
     # ---------------------------------------------------------------- hooks
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
+        self.resolve_judge()  # a judge that names no wrapped function is a setup error: raise, before training
         try:
             self._begin(args, state, kwargs)
         except Exception as exc:
@@ -295,33 +311,24 @@ class FPEMonitorCallback(TrainerCallback):
                     len(weights),
                     len(self._slots),
                 )
+        if self._judge is not None and (self._weights[self._judge] if self._weights else 1.0) != 0:
+            self._warn_once(
+                "judge-weight",
+                "fpmon hook: judge_reward %r has a nonzero weight in args.reward_weights: it drives training, so "
+                "it is no held-out judge (log it at weight 0)",
+                self.judge_reward,
+            )
         tok = kwargs.get("processing_class") or kwargs.get("tokenizer")
         self._tokenizer = getattr(tok, "tokenizer", tok)  # processors carry their tokenizer
         model = kwargs.get("model")
         if self.embedder is not None:
             self._embed = self.embedder
-        elif world == 1 and _client_embedder(self.client) is not None:
+        elif world == 1 and client_embedder(self.client) is not None:
             self._embed = None  # the client embeds with its own
         elif model is not None:
-            self._embed = self._reference_embedder(model)
+            self._embed = reference_embedder(model, self._tokenizer)
         if self.probe_prompts is not None and not self._slots and state.global_step == 0 and model is not None:
             self._ship_probes(0, model, None)
-
-    def _reference_embedder(self, model: nn.Module) -> Embedder:
-        from ..embed import ModelEmbedder
-
-        if self._tokenizer is None:
-            raise ValueError("no tokenizer: the trainer has no processing_class; pass embedder= to FPEMonitorCallback")
-        nbytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        log.warning(
-            "fpmon hook: embedding with a frozen copy of the initial policy (%.1f MB more memory); pass embedder= "
-            "(e.g. ModelEmbedder(trainer.ref_model, tokenizer)) to avoid the copy",
-            nbytes / 2**20,
-        )
-        frozen = copy.deepcopy(model)
-        frozen.eval()
-        frozen.requires_grad_(False)
-        return ModelEmbedder(frozen, self._tokenizer)
 
     @staticmethod
     def _lr(kwargs: dict[str, Any]) -> float | None:
@@ -342,68 +349,63 @@ class FPEMonitorCallback(TrainerCallback):
         _, world = rank_and_world()
         if world > 1:
             if self._slots or batches:  # every rank wraps the same funcs, so every rank takes this branch
-                texts, prompts, rewards = self._combine(batches) if batches else ([], [], None)
-                self._ship_distributed(step, texts, prompts, rewards, None, lr)
+                self._ship_distributed(step, self._combine(batches) if batches else StepRecord([], [], None), lr)
                 self._seen_on_policy = self._seen_on_policy or bool(batches)
             if not self._seen_on_policy and not batches and self._probe_due(step):
                 self._ship_probes(step, kwargs.get("model"), lr)
             return
         if batches:
             self._seen_on_policy = True
-            texts, prompts, rewards = self._combine(batches)
-            self._ship_local(step, texts, prompts, rewards, None, lr)
+            self._ship_local(step, self._combine(batches), lr)
         elif not self._seen_on_policy and self._probe_due(step):
             self._ship_probes(step, kwargs.get("model"), lr)
 
     def _probe_due(self, step: int) -> bool:
         return probe_due(step, self.probe_every, self.probe_prompts is not None)
 
-    def _ship_local(
-        self,
-        step: int,
-        texts: list[str],
-        prompts: list[str] | None,
-        rewards: Tensor | None,
-        sample_ids: list[str] | None,
-        lr: float | None,
-    ) -> None:
-        if len(texts) < 2:
+    @staticmethod
+    def _judged(reference: Tensor | None) -> dict[str, Any]:
+        """``observe``'s ``reference_rewards`` argument, only when there is one (clients without it still work)."""
+        return {} if reference is None else {"reference_rewards": reference}
+
+    def _ship_local(self, step: int, rec: StepRecord, lr: float | None) -> None:
+        if len(rec.texts) < 2:
             self.stats.skipped_small += 1
             self._warn_once("small", "fpmon hook: a step with fewer than 2 responses is not shipped")
             return
         if self.client is None:
             return
         self.client.observe(
-            step, texts, rewards=rewards, prompts=prompts, embedder=self._embed, sample_ids=sample_ids, lr=lr
+            step,
+            rec.texts,
+            rewards=rec.rewards,
+            prompts=rec.prompts,
+            embedder=self._embed,
+            sample_ids=rec.sample_ids,
+            lr=lr,
+            **self._judged(rec.reference_rewards),
         )
         self.stats.steps_shipped += 1
-        self.stats.samples_shipped += len(texts)
+        self.stats.samples_shipped += len(rec.texts)
 
-    def _ship_distributed(
-        self,
-        step: int,
-        texts: list[str],
-        prompts: list[str] | None,
-        rewards: Tensor | None,
-        sample_ids: list[str] | None,
-        lr: float | None,
-    ) -> None:
+    def _ship_distributed(self, step: int, rec: StepRecord, lr: float | None) -> None:
         latents: Tensor | None = None
-        if texts:
+        if rec.texts:
             try:
                 if self._embed is None:
                     raise RuntimeError("no embedder on this rank; pass embedder= to FPEMonitorCallback")
-                latents = self._embed(texts)
+                latents = self._embed(rec.texts)
             except Exception as exc:  # still take part in the collective, with nothing
                 self.note_error("embed", exc)
                 latents = None
         ok = latents is not None
         batch = gather_to_main(
             latents,
-            rewards if ok else None,
-            texts if ok else None,
-            prompts if ok else None,
-            sample_ids if ok else None,
+            rec.rewards if ok else None,
+            rec.texts if ok else None,
+            rec.prompts if ok else None,
+            rec.sample_ids if ok else None,
+            reference_rewards=rec.reference_rewards if ok else None,
         )
         if batch is None:
             return
@@ -421,6 +423,7 @@ class FPEMonitorCallback(TrainerCallback):
             latents=batch.latents,
             sample_ids=batch.sample_ids,
             lr=lr,
+            **self._judged(batch.reference_rewards),
         )
         self.stats.steps_shipped += 1
         self.stats.samples_shipped += int(batch.latents.shape[0])
@@ -440,27 +443,34 @@ class FPEMonitorCallback(TrainerCallback):
                 max_new_tokens=self.probe_max_new_tokens,
                 seed=self.probe_seed + step,
             )
-            rewards = self._score_probes(prompts, texts, step) if texts else None
+            scored = self._score_probes(prompts, texts, step) if texts else None
         except Exception as exc:
             if world > 1:  # the collective below must still happen on every rank
                 self.note_error("probe", exc)
-                texts, prompts, ids, rewards = [], [], [], None
+                texts, prompts, ids, scored = [], [], [], None
             else:
                 raise
         self.stats.probe_steps += 1
+        rec = StepRecord(
+            texts,
+            [prompt_text(p) for p in prompts],
+            scored.rewards if scored is not None else None,
+            scored.reference_rewards if scored is not None else None,
+            ids,
+        )
         if world > 1:
-            self._ship_distributed(step, texts, [prompt_text(p) for p in prompts], rewards, ids, lr)
+            self._ship_distributed(step, rec, lr)
         else:
-            self._ship_local(step, texts, [prompt_text(p) for p in prompts], rewards, ids, lr)
+            self._ship_local(step, rec, lr)
 
-    def _score_probes(self, prompts: list[Any], texts: list[str], step: int) -> Tensor | None:
-        """Probe rewards from the wrapped functions' originals (weighted as on-policy), or None."""
+    def _score_probes(self, prompts: list[Any], texts: list[str], step: int) -> StepRecord | None:
+        """Probe rewards (weighted as on-policy) and the judge's, from the wrapped functions' originals; or None."""
         try:
             batch = score_probes(self._slots, prompts, texts, step)
         except Exception as exc:
             self.note_error("probe-score", exc)
             return None
-        return None if batch is None else self._combine([batch])[2]
+        return None if batch is None else self._combine([batch])
 
     def _maybe_reset(self, state: TrainerState, model: nn.Module | None) -> None:
         policy = self.reset_policy

@@ -18,8 +18,9 @@ from torch import Tensor
 class GatheredBatch:
     """A step's responses gathered to the main process, concatenated in rank order.
 
-    ``latents`` (n, d) float32 on CPU; ``rewards`` (n,) float32 or None (None when any rank had none);
-    ``texts`` n strings; ``prompts`` and ``sample_ids`` n strings each, or None when any rank had none.
+    ``latents`` (n, d) float32 on CPU; ``rewards`` and ``reference_rewards`` (n,) float32 or None (None when
+    any rank had none); ``texts`` n strings; ``prompts`` and ``sample_ids`` n strings each, or None when any
+    rank had none.
     """
 
     latents: Tensor
@@ -27,6 +28,7 @@ class GatheredBatch:
     texts: list[str]
     prompts: list[str] | None
     sample_ids: list[str] | None = None
+    reference_rewards: Tensor | None = None
 
 
 def dist_active() -> bool:
@@ -63,13 +65,15 @@ def gather_to_main(
     texts: Sequence[str] | None,
     prompts: Sequence[str] | None,
     sample_ids: Sequence[str] | None = None,
+    *,
+    reference_rewards: Tensor | Sequence[float] | None = None,
 ) -> GatheredBatch | None:
     """Gather every rank's (latents, rewards, texts, prompts) to rank 0. A collective: call it on every rank.
 
     Each rank passes its own batch of n_r responses — ``latents`` (n_r, d), ``rewards`` (n_r,), n_r texts,
-    prompts and (optionally) sample ids — or ``latents=None`` when it has nothing this step (or its embedding
-    failed). Sizes are gathered first (all_gather), then latents padded to max n_r are gathered and trimmed;
-    texts, prompts, ids and rewards go through ``gather_object``.
+    prompts and (optionally) sample ids and a judge's ``reference_rewards`` (n_r,) — or ``latents=None`` when it
+    has nothing this step (or its embedding failed). Sizes are gathered first (all_gather), then latents padded
+    to max n_r are gathered and trimmed; texts, prompts, ids and both rewards go through ``gather_object``.
     Rank 0 receives the concatenation in rank order; other ranks get None. Rank 0 also gets None when no
     rank had a response. Outside torch.distributed (or world size 1) the inputs come back as one
     batch (None if ``latents`` is None).
@@ -85,6 +89,7 @@ def gather_to_main(
         and (texts is None or len(texts) == n_local)
         and (prompts is None or len(prompts) == n_local)
         and (rewards is None or len(rewards) == n_local)
+        and (reference_rewards is None or len(reference_rewards) == n_local)
         and (sample_ids is None or len(sample_ids) == n_local)
     )
     rank, world = rank_and_world()
@@ -95,10 +100,11 @@ def gather_to_main(
             return None
         return GatheredBatch(
             latents=latents.detach().to("cpu", torch.float32),
-            rewards=None if rewards is None else torch.as_tensor(rewards, dtype=torch.float32).cpu(),
+            rewards=vector(rewards),
             texts=list(texts) if texts is not None else [""] * n_local,
             prompts=list(prompts) if prompts is not None else None,
             sample_ids=list(sample_ids) if sample_ids is not None else None,
+            reference_rewards=vector(reference_rewards),
         )
     dist = torch.distributed
     dev = collective_device()
@@ -123,10 +129,11 @@ def gather_to_main(
     gather_list = [torch.zeros_like(padded) for _ in range(world)] if rank == 0 else None
     dist.gather(padded, gather_list, dst=0)
     obj = (
-        None if rewards is None else [float(x) for x in torch.as_tensor(rewards, dtype=torch.float64).tolist()],
+        floats(rewards),
         None if texts is None else list(texts),
         None if prompts is None else list(prompts),
         None if sample_ids is None else list(sample_ids),
+        floats(reference_rewards),
     )
     objs: list[Any] | None = [None] * world if rank == 0 else None
     dist.gather_object(obj, objs, dst=0)
@@ -138,10 +145,23 @@ def gather_to_main(
     rew = None
     if all(o[0] is not None for o, _ in parts):
         rew = torch.tensor([x for o, _ in parts for x in o[0]], dtype=torch.float32)
+    ref = None
+    if all(o[4] is not None for o, _ in parts):
+        ref = torch.tensor([x for o, _ in parts for x in o[4]], dtype=torch.float32)
     txt = [t for o, n in parts for t in (o[1] if o[1] is not None else [""] * n)]
     prm = [p for o, _ in parts for p in o[2]] if all(o[2] is not None for o, _ in parts) else None
     ids = [i for o, _ in parts for i in o[3]] if all(o[3] is not None for o, _ in parts) else None
-    return GatheredBatch(latents=lat, rewards=rew, texts=txt, prompts=prm, sample_ids=ids)
+    return GatheredBatch(latents=lat, rewards=rew, texts=txt, prompts=prm, sample_ids=ids, reference_rewards=ref)
+
+
+def vector(values: Tensor | Sequence[float] | None) -> Tensor | None:
+    """``values`` as a float32 CPU tensor (None stays None)."""
+    return None if values is None else torch.as_tensor(values, dtype=torch.float32).cpu()
+
+
+def floats(values: Tensor | Sequence[float] | None) -> list[float] | None:
+    """``values`` as a list of Python floats for ``gather_object`` (None stays None)."""
+    return None if values is None else [float(x) for x in torch.as_tensor(values, dtype=torch.float64).tolist()]
 
 
 def _shape_message(latents: Any, rewards: Any, texts: Any, prompts: Any) -> str:

@@ -2,7 +2,9 @@
 
 :func:`wrap_reward_funcs` wraps TRL reward functions; the wrappers hand prompts, completions and rewards to a
 :class:`BatchRecorder` (the :class:`~monitor.trl.FPEMonitorCallback`). :class:`RewardBatch` is one recorded
-batch and :func:`combine_batches` turns a step's batches into texts, prompts and TRL-weighted rewards.
+batch and :func:`combine_batches` turns a step's batches into texts, prompts and TRL-weighted rewards;
+:func:`combine_step` adds the judge's rewards (one wrapped function named by ``judge_reward``, found by
+:func:`judge_slot`) into one :class:`StepRecord`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,12 @@ class BatchRecorder(Protocol):
     def note_error(self, kind: str, exc: BaseException) -> None:
         """Count (and log) an exception of the hook; never raises."""
         ...
+
+
+#: A recorder may also define ``resolve_judge() -> int | None``: :func:`wrap_reward_funcs` calls it once the
+#: functions are registered, so that a judge named by the recorder (``FPEMonitorCallback(judge_reward=...)``)
+#: that is not among them is an error at setup (``ValueError``), not a silent omission.
+RESOLVE_JUDGE = "resolve_judge"
 
 
 @dataclass
@@ -119,6 +127,67 @@ def combine_batches(
     return texts, prompts, rewards
 
 
+@dataclass
+class StepRecord:
+    """One step's responses as the hook ships them.
+
+    ``texts`` and (or None) ``prompts``, ``sample_ids``: n strings each; ``rewards``: (n,) TRL-weighted
+    rewards, or None; ``reference_rewards``: (n,) the judge's own (unweighted) rewards, or None (no judge, a
+    judge that said "not applicable" to every completion, or no ``rewards`` to compare them with).
+    """
+
+    texts: list[str]
+    prompts: list[str] | None
+    rewards: Tensor | None
+    reference_rewards: Tensor | None = None
+    sample_ids: list[str] | None = None
+
+
+def combine_step(batches: list[RewardBatch], weights: list[float] | None, nslots: int, judge: int | None) -> StepRecord:
+    """:func:`combine_batches` plus the reward function in slot ``judge`` (None: no judge) on its own, as
+    ``reference_rewards``: its value per completion, NaN where it said "not applicable" (the client drops such
+    rows from the whole step)."""
+    texts, prompts, rewards = combine_batches(batches, weights, nslots)
+    reference = None
+    if judge is not None and rewards is not None:
+        values = [x for b in batches for x in (b.rewards[judge] or [math.nan] * len(b.completions))]
+        ref = torch.tensor(values, dtype=torch.float32)
+        reference = ref if bool(torch.isfinite(ref).any()) else None
+    return StepRecord(texts, prompts, rewards, reference)
+
+
+def reward_func_name(func: Any) -> str:
+    """The name TRL logs a reward function under (``rewards/<name>/mean``): its ``__name__`` (through
+    ``functools.partial``), else its type's name (callable instances)."""
+    return str(getattr(_unwrap_partial(func), "__name__", type(func).__name__))
+
+
+def judge_slot(slots: list[Any], name: str) -> int:
+    """The slot of the one reward function in ``slots`` (the registered ``reward_funcs``, in order) named
+    ``name`` (:func:`reward_func_name`). ``ValueError`` when none is, when several are, or when ``name`` is a
+    reward model's (their scores are not recorded)."""
+    funcs = [(i, f) for i, f in enumerate(slots) if callable(f) and not isinstance(f, nn.Module | str)]
+    hits = [i for i, f in funcs if reward_func_name(f) == name]
+    if len(hits) == 1:
+        return hits[0]
+    if hits:
+        raise ValueError(
+            f"judge_reward={name!r} names {len(hits)} of the wrapped reward functions (slots {hits}); give the "
+            "judge a name of its own"
+        )
+    models = [f for f in slots if isinstance(f, nn.Module | str)]
+    if any(name in (f, f.split("/")[-1]) for f in models if isinstance(f, str)):
+        raise ValueError(
+            f"judge_reward={name!r} is a reward model: its scores are not recorded (TRL calls it with tokens); "
+            "wrap a reward function that calls it instead"
+        )
+    names = [reward_func_name(f) for _, f in funcs]
+    raise ValueError(
+        f"judge_reward={name!r} is not among the wrapped reward functions {names}; pass the judge (e.g. "
+        "logged at weight 0) in the list given to wrap_reward_funcs, or fix the name"
+    )
+
+
 def wrap_reward_funcs(funcs: Any, callback: BatchRecorder) -> list[Any]:
     """Wrap TRL reward functions so that ``callback`` sees every completion and its reward.
 
@@ -134,6 +203,9 @@ def wrap_reward_funcs(funcs: Any, callback: BatchRecorder) -> list[Any]:
     Reward *models* (``nn.Module``, or a model id string) are returned unwrapped, with a warning: TRL calls them
     with tokenised text and tells them apart by type, so a wrapper would change how TRL calls them. Their scores
     are not part of the recorded reward; completions are still recorded through the wrapped functions.
+
+    With ``FPEMonitorCallback(judge_reward="name")``, the function of that name must be in ``funcs`` (or an
+    earlier call's): otherwise this raises ``ValueError``, as it does for a name shared by several functions.
 
     Args:
         funcs: one reward function or a list of them (callables, ``nn.Module`` or model id strings).
@@ -161,6 +233,9 @@ def wrap_reward_funcs(funcs: Any, callback: BatchRecorder) -> list[Any]:
         if not callable(func):
             raise TypeError(f"reward function #{slot} is not callable: {func!r}")
         out.append(_wrap_one(func, slot, callback))
+    resolve = getattr(callback, RESOLVE_JUDGE, None)
+    if callable(resolve):
+        resolve()  # a judge the recorder names must be among the functions wrapped: raises ValueError if not
     return out
 
 
@@ -181,7 +256,7 @@ def _wrap_one(func: Callable[..., Any], slot: int, callback: BatchRecorder) -> C
         signature: inspect.Signature | None = inspect.signature(func)
     except (TypeError, ValueError):
         signature = None
-    name = getattr(_unwrap_partial(func), "__name__", type(func).__name__)
+    name = reward_func_name(func)
 
     def record(args: tuple[Any, ...], kwargs: dict[str, Any], result: Any) -> None:
         try:
