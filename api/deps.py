@@ -89,7 +89,7 @@ def get_run_or_404(session: Session, run_id: int) -> storage.Run:
     """The run with this id; 404 when there is none."""
     run = storage.get_run(session, run_id)
     if run is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} does not exist; create it with POST /v1/runs")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id} does not exist (GET /v1/runs lists the runs)")
     return run
 
 

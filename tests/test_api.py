@@ -154,8 +154,15 @@ def test_bad_input_gets_a_clear_4xx_and_writes_nothing(app_client: tuple[TestCli
         assert message in resp.json()["detail"], (name, resp.json())
     unknown = client.post("/v1/runs/999999/steps", content=step_payload(0), headers={**OCTET, **auth()})
     assert unknown.status_code == 404 and "does not exist" in unknown.json()["detail"]
-    assert client.get("/v1/runs/999999", headers=auth(READ)).status_code == 404
+    missing_run = client.get("/v1/runs/999999", headers=auth(READ))
+    assert missing_run.status_code == 404
+    assert missing_run.json()["detail"] == "run 999999 does not exist (GET /v1/runs lists the runs)"  # no POST hint
     assert client.get("/v1/alerts/999999", headers=auth(READ)).status_code == 404
+    alerts_of_missing = client.get("/v1/alerts", params={"run_id": 999999}, headers=auth(READ))
+    assert alerts_of_missing.status_code == 404 and "run 999999 does not exist" in alerts_of_missing.json()["detail"]
+    assert alerts_of_missing.headers["content-type"].startswith("application/problem+json")
+    known = client.get("/v1/alerts", params={"run_id": run_id}, headers=auth(READ))
+    assert known.status_code == 200 and known.json()["alerts"] == []
     bad_review = client.post("/v1/alerts/1/review", json={"decision": "maybe", "reviewer": "x"}, headers=auth())
     assert bad_review.status_code == 422
     bad_run = client.post("/v1/runs", json={"name": "", "latent_dim": 0}, headers=auth())

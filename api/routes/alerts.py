@@ -9,13 +9,13 @@ from fastapi import APIRouter, HTTPException, Query, status
 import storage
 
 from ..converters import alert_out
-from ..deps import AlertId, ReadAuth, SessionDep, WriteAuth, get_alert_or_404
+from ..deps import AlertId, ReadAuth, SessionDep, WriteAuth, get_alert_or_404, get_run_or_404
 from ..schemas import MAX_DB_INT, NO_NUL, AlertList, AlertOut, Problem, ReviewIn
 
 router = APIRouter(prefix="/v1/alerts", tags=["alerts"])
 
 
-@router.get("", response_model=AlertList, dependencies=[ReadAuth])
+@router.get("", response_model=AlertList, dependencies=[ReadAuth], responses={404: {"model": Problem}})
 def list_alerts(
     session: SessionDep,
     run_id: Annotated[int | None, Query(ge=1, le=MAX_DB_INT)] = None,
@@ -24,7 +24,9 @@ def list_alerts(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=MAX_DB_INT)] = 0,
 ) -> AlertList:
-    """Alerts, newest first."""
+    """Alerts, newest first. An unknown ``run_id`` is a 404, like every other unknown id."""
+    if run_id is not None:
+        get_run_or_404(session, run_id)
     alerts = storage.list_alerts(session, run_id=run_id, status=status_, type=type_, limit=limit, offset=offset)
     return AlertList(alerts=[alert_out(session, a) for a in alerts])
 
