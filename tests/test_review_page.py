@@ -149,9 +149,15 @@ def test_review_page_end_to_end(filled_server: tuple[ServerProcess, int, str, li
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
 
-            # first load: no token stored -> the token form; the write token is kept in the session
+            # first load: no token stored -> the API answers 401 -> the token form, which names the variables
             page.goto(f"{server.url}/")
             expect(page.locator("#token-dialog")).to_be_visible()
+            expect(page.locator("#token-error")).to_have_text("This sidecar requires a token (401).")
+            expect(page.locator("#token-dialog")).to_contain_text("FPMON_READ_TOKENS")
+            expect(page.locator("#token-dialog")).to_contain_text("FPMON_API_TOKENS")
+            # the browser logs the refused token-less request (401) once; nothing else went wrong
+            assert len(errors) == 1 and "401" in errors[0], errors
+            errors.clear()
             page.fill("#token-input", WRITE)
             page.click("#token-form button[type=submit]")
 
@@ -294,8 +300,9 @@ def test_review_page_end_to_end(filled_server: tuple[ServerProcess, int, str, li
     elapsed = time.monotonic() - started
 
     assert not errors, f"browser console errors: {errors}"
-    # the only console error of the read-only page is the browser's log line of the refused POST (403)
-    assert len(expected_errors) == 1 and "403" in expected_errors[0], expected_errors
+    # the read-only page's console errors are the browser's log lines of the token-less first request (401) and
+    # of the refused POST (403)
+    assert len(expected_errors) == 2 and "401" in expected_errors[0] and "403" in expected_errors[1], expected_errors
     with storage.session_factory(engine)() as session:
         reviews = list(session.scalars(select(storage.Review).where(storage.Review.alert_id == alert.id)))
         assert [(r.decision, r.reviewer, r.note, r.rebaseline) for r in reviews] == [("dismissed", "ana", NOTE, True)]
@@ -307,3 +314,36 @@ def test_review_page_end_to_end(filled_server: tuple[ServerProcess, int, str, li
     for name in ("runs", "run", "queue", "alert", "alert-dismissed", "read-only"):
         assert (ARTIFACTS / f"{name}.png").stat().st_size > 10_000, name
     assert elapsed < 60, f"the browser part took {elapsed:.0f} s"
+
+
+def test_an_open_sidecar_opens_without_a_token_dialog(tmp_path: Path) -> None:
+    """A sidecar started without tokens: the page lists its runs and opens a run with no dialog at all."""
+    from playwright.sync_api import expect, sync_playwright
+
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium`, or FPMON_SKIP_BROWSER=1", pytrace=False)
+    url = f"sqlite:///{tmp_path / 'open.db'}"
+    storage.upgrade(url)
+    server = ServerProcess(url, tmp_path / "server.log", FPMON_WORKER_MODE="thread").start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            run_id = client.post("/v1/runs", json={"name": "open-run", "latent_dim": D}).json()["run_id"]
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                errors: list[str] = []
+                page.on("pageerror", lambda e: errors.append(str(e)))
+                page.goto(f"{server.url}/")
+                row = page.locator("#runs-table tbody tr", has_text="open-run")
+                expect(row).to_be_visible()
+                expect(page.locator("#token-dialog")).not_to_be_visible()
+                expect(page.locator("#signout")).to_be_hidden()
+                row.locator("a", has_text="open-run").click()
+                expect(page).to_have_url(re.compile(rf"#/runs/{run_id}$"))
+                expect(page.locator("#token-dialog")).not_to_be_visible()
+                assert errors == []
+            finally:
+                browser.close()
+    finally:
+        server.stop()

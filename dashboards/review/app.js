@@ -107,7 +107,11 @@ async function api(path, { method = "GET", body } = {}) {
   const resp = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
   const data = await resp.json().catch(() => ({}));
   if (resp.status === 401) {
-    askToken("The sidecar refused this token (401): enter a valid read or write token.");
+    askToken(
+      state.token
+        ? "The sidecar refused this token (401): enter a valid read or write token."
+        : "This sidecar requires a token (401).",
+    );
     throw new ApiError(401, data.detail || "unauthorized");
   }
   if (!resp.ok) {
@@ -138,7 +142,7 @@ document.getElementById("token-form").addEventListener("submit", (event) => {
 document.getElementById("signout").addEventListener("click", () => {
   sessionStorage.removeItem(TOKEN_KEY);
   state.token = null;
-  askToken();
+  route();
 });
 
 // ------------------------------------------------------------------------------------------ router
@@ -163,11 +167,8 @@ async function route() {
   for (const link of document.querySelectorAll("[data-nav]")) {
     link.classList.toggle("active", link.dataset.nav === parts[0]);
   }
-  if (!state.token) {
-    view.replaceChildren(h("p", { class: "muted" }, "Enter the sidecar's token to start."));
-    askToken();
-    return;
-  }
+  // An open sidecar (no tokens configured) answers without one: the token dialog appears only on a 401.
+  document.getElementById("signout").hidden = !state.token;
   view.replaceChildren(h("p", { class: "muted loading" }, "Loading…"));
   try {
     if (parts[0] === "runs" && parts[1]) await renderRun(Number(parts[1]));
