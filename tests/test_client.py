@@ -313,8 +313,9 @@ def test_in_process_mode_stores_the_judges_rewards(tmp_path: Path) -> None:
         assert {s.status for s in storage.list_steps(session, run.id, limit=10)} == {"done"}
         for p in payloads:
             body = storage.load_payload(session, run.id, p.step)
-            assert body is not None
+            assert body is not None and len(body) > 0
             stored = decode_step(body)
+            assert stored.step == p.step and stored.texts == p.texts
             assert stored.reference_rewards is not None and p.rewards is not None
             torch.testing.assert_close(stored.reference_rewards, p.rewards - 0.25)
     engine.dispose()

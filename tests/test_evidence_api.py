@@ -176,7 +176,7 @@ def test_metrics_carry_each_streams_evidence_with_the_threshold(database_url: st
             f"/v1/runs/{run_id}/steps/{step}/samples", params={"order": "index", "limit": N}, headers=auth(READ)
         ).json()["samples"]
         witness = reports[step].witness
-        assert witness is not None
+        assert witness is not None and witness.shape == (N,) and bool(torch.isfinite(witness).all())
         assert [s["witness"] for s in samples] == pytest.approx(witness.tolist(), rel=1e-6)
         ranked = client.get(
             f"/v1/runs/{run_id}/steps/{step}/samples", params={"order": "witness", "limit": 5}, headers=auth(READ)

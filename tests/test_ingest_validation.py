@@ -414,8 +414,10 @@ def test_ingest_accepts_reference_rewards_and_the_monitor_uses_the_judge(
     with sessions() as session:
         for p in sent:
             body = storage.load_payload(session, run_id, p.step)
-            assert body is not None
+            assert body is not None and len(body) > 0
             stored = decode_step(body)
+            assert stored.step == p.step
+            torch.testing.assert_close(stored.latents.float(), p.latents.float())
             assert stored.reference_rewards is not None and p.reference_rewards is not None
             assert torch.equal(stored.reference_rewards, p.reference_rewards)
             report = monitor.observe(
@@ -440,6 +442,7 @@ def test_the_worker_hands_the_judge_to_the_monitor(sidecar: tuple[TestClient, in
         stored = storage.load_run_state(session, run_id)
         assert stored is not None
         state = storage.decode_state(stored.meta, stored.tensors)
+        assert state["meta"]["version"] == 3 and state["meta"]["steps_seen"] == 4
     past = state["meta"]["evidence"]["past"]
     assert len(past) == 4 and all(has_gaps for _, has_gaps in past), past
     rows = http.get(f"/v1/runs/{run_id}/metrics", params={"evidence": "judge_gap,reward_rise"}).json()["rows"]

@@ -655,7 +655,7 @@ def test_the_fence_is_the_worker_and_the_attempt(session: Session) -> None:
     run, _ = get_or_create_run(session, "r", 4)
     ingest_step(session, run, 0, b"0", 1)
     first = claim_next_step(session, "w")
-    assert first is not None
+    assert first is not None and first.step == 0 and first.attempts == 1
     old = Claim.of(first)
     second = claim_next_step(session, "w", claim_timeout_s=0)  # the first claim's heartbeat is "old"
     assert second is not None and second.step == 0 and second.attempts == 2
