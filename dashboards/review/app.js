@@ -65,6 +65,13 @@ function fmt(value, digits = 4) {
   return Number(value.toPrecision(digits)).toString();
 }
 
+// The step axis and the value axis every chart shares (uPlot options); ``label`` names the value axis.
+function chartAxes(label) {
+  const style = { stroke: "#5b6472", grid: { stroke: "#eef1f5" }, ticks: { stroke: "#dfe3ea" } };
+  const values = { ...style, size: 72, values: (u, splits) => splits.map(axisLabel) };
+  return [style, label ? { label, ...values } : values];
+}
+
 function axisLabel(value) {
   if (value === null || value === undefined) return "";
   if (value !== 0 && (Math.abs(value) >= 1e5 || Math.abs(value) < 1e-3)) return value.toExponential(1);
@@ -325,16 +332,7 @@ function makeChart(container, name, data, syncKey, marks, width, onZoom) {
     cursor: { sync: { key: syncKey }, drag: { x: true, y: false } },
     scales: { x: { time: false } },
     legend: { live: true },
-    axes: [
-      { stroke: "#5b6472", grid: { stroke: "#eef1f5" }, ticks: { stroke: "#dfe3ea" } },
-      {
-        stroke: "#5b6472",
-        grid: { stroke: "#eef1f5" },
-        ticks: { stroke: "#dfe3ea" },
-        size: 72,
-        values: (u, splits) => splits.map(axisLabel),
-      },
-    ],
+    axes: chartAxes(),
     series: [
       { label: "step" },
       { label: name, stroke: "#3860e0", width: 1.6, fill: "rgba(56, 96, 224, 0.06)", points: { show: false }, spanGaps: false },
@@ -415,17 +413,7 @@ function makeEvidenceChart(container, rows, names, threshold, opts) {
       },
     },
     legend: { live: true },
-    axes: [
-      { stroke: "#5b6472", grid: { stroke: "#eef1f5" }, ticks: { stroke: "#dfe3ea" } },
-      {
-        label: "log e-value",
-        stroke: "#5b6472",
-        grid: { stroke: "#eef1f5" },
-        ticks: { stroke: "#dfe3ea" },
-        size: 72,
-        values: (u, splits) => splits.map(axisLabel),
-      },
-    ],
+    axes: chartAxes("log e-value"),
     series: [
       { label: "step" },
       ...names.map((name) => {
