@@ -14,13 +14,14 @@ Under ``torch.distributed`` every rank embeds its own responses and :func:`gathe
 rank 0, which alone talks to the sidecar. Resets (seed §5, **experimental, off by default**):
 :class:`ResetPolicy` and :func:`apply_reset`.
 
-Modules: ``callback`` (:class:`FPEMonitorCallback`, :class:`HookStats`), ``rewards`` (reward-function wrapping,
-the judge), ``embedding`` (which embedder), ``probes`` (probe generation and scoring), ``distributed`` (gathering
-to rank 0), ``reset`` (resets). Import
+Modules: ``callback`` (:class:`FPEMonitorCallback`), ``contract`` (:class:`HookStats`,
+:class:`MonitorClientLike`), ``rewards`` (reward-function wrapping, the judge), ``embedding`` (which embedder),
+``probes`` (probe generation and scoring), ``distributed`` (gathering to rank 0), ``reset`` (resets). Import
 the public names from ``monitor.trl``.
 """
 
-from .callback import FPEMonitorCallback, HookStats, MonitorClientLike
+from .callback import FPEMonitorCallback
+from .contract import HookStats, MonitorClientLike
 from .distributed import GatheredBatch, gather_to_main
 from .embedding import Embedder
 from .reset import ResetPolicy, ResetStats, apply_reset

@@ -1,4 +1,5 @@
-"""The ``transformers.TrainerCallback`` of the hook: :class:`FPEMonitorCallback` and its counters, :class:`HookStats`.
+"""The ``transformers.TrainerCallback`` of the hook: :class:`FPEMonitorCallback` (its counters and the client it
+needs: :mod:`monitor.trl.contract`).
 
 It collects a step's responses (from the reward wrappers of :mod:`monitor.trl.rewards`, or from probes,
 :mod:`monitor.trl.probes`), has them embedded and shipped through a :class:`MonitorClientLike` (gathered to rank 0
@@ -10,15 +11,14 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from .contract import HookStats, MonitorClientLike
 from .distributed import broadcast_from_main, gather_to_main, rank_and_world
 from .embedding import Embedder, client_embedder, reference_embedder
 from .probes import generate_probes, probe_due, probe_indices, score_probes
@@ -26,44 +26,6 @@ from .reset import ResetPolicy, alert_key, apply_reset, pick_trigger
 from .rewards import RewardBatch, StepRecord, combine_step, judge_slot, prompt_text, reward_float
 
 log = logging.getLogger("fpmon.trl")
-
-
-@runtime_checkable
-class MonitorClientLike(Protocol):
-    """What the hook needs from ``monitor.client.MonitorClient`` (a fake in tests)."""
-
-    def observe(
-        self,
-        step: int,
-        responses: Sequence[str] | None = None,
-        rewards: Any = None,
-        prompts: Sequence[str] | None = None,
-        *,
-        latents: Tensor | None = None,
-        embedder: Embedder | None = None,
-        sample_ids: Sequence[str] | None = None,
-        lr: float | None = None,
-        reference_rewards: Any = None,
-    ) -> Any: ...
-
-    def flush(self, timeout: float) -> bool: ...
-
-    def alerts(self) -> list[dict[str, Any]]: ...
-
-
-@dataclass
-class HookStats:
-    """Counters of the hook (read ``callback.stats``): steps and samples shipped, probe steps, steps skipped for
-    having fewer than 2 responses, completions dropped because they were scored outside a training step
-    (evaluation), resets, and errors by ``"<hook>:<exception type>"``."""
-
-    steps_shipped: int = 0
-    probe_steps: int = 0
-    samples_shipped: int = 0
-    skipped_small: int = 0
-    dropped_outside_steps: int = 0
-    resets: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
 
 
 class FPEMonitorCallback(TrainerCallback):
