@@ -103,7 +103,7 @@ class ShiryaevRoberts:
         if len(log_evalues) != len(self._log_m):
             raise ValueError(f"expected {len(self._log_m)} log e-values (one per bet), got {len(log_evalues)}")
         self._log_m = [le + _log1p_exp(m) for le, m in zip(log_evalues, self._log_m, strict=True)]
-        self.log_value = _log_mean_exp(self._log_m)
+        self.log_value = log_mean_exp(self._log_m)
         self.alarm = self.log_value >= self.config.log_threshold
         return self.log_value
 
@@ -128,7 +128,7 @@ class ShiryaevRoberts:
         if len(log_m) != len(self._log_m):
             raise ValueError(f"the state has {len(log_m)} bets, this detector {len(self._log_m)}")
         self._log_m = log_m
-        self.log_value = _log_mean_exp(log_m)
+        self.log_value = log_mean_exp(log_m)
         self.alarm = bool(state["alarm"])
 
 
@@ -139,7 +139,8 @@ def _log1p_exp(x: float) -> float:
     return x + math.log1p(math.exp(-x)) if x > 0 else math.log1p(math.exp(x))
 
 
-def _log_mean_exp(values: Sequence[float]) -> float:
+def log_mean_exp(values: Sequence[float]) -> float:
+    """log(mean(exp(values))), stable; −inf when every value is −inf (how statistics are averaged in logs)."""
     top = max(values)
     if top == -math.inf:
         return -math.inf

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .evidence import EDetectorConfig, ShiryaevRoberts, exceedance_log_evalues
+from .evidence import EDetectorConfig, ShiryaevRoberts, exceedance_log_evalues, log_mean_exp
 from .witness import block_means, median_gamma, value_exceedance, witness_exceedance
 
 EMBEDDING_STREAMS: tuple[str, ...] = ("embedding_lagged", "embedding_reference")
@@ -280,7 +280,7 @@ class EvidenceTracker:
         emb = [log_values[s] for s in EMBEDDING_STREAMS if s in log_values]
         emb_crossed = rew_crossed = False
         if emb:
-            log_values["embedding"] = _log_mean_exp(emb)
+            log_values["embedding"] = log_mean_exp(emb)
             emb_crossed = log_values["embedding"] >= thr
         source = reward_source if reward_source in log_values else None
         if source is not None:
@@ -408,10 +408,3 @@ class EvidenceTracker:
             )
         tracker._pooled = [tensors[f"pooled_{i}"].to("cpu", torch.float32) for i in range(int(meta["n_pooled"]))]
         return tracker
-
-
-def _log_mean_exp(values: list[float]) -> float:
-    top = max(values)
-    if top == -math.inf:
-        return -math.inf
-    return top + math.log(sum(math.exp(v - top) for v in values) / len(values))
