@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	else \
 	    $(BIN)/python -m pip install -q torch==2.13.0; \
 	fi
-	$(BIN)/python -m pip install -q -e '.[dev,trl,embed]'
+	$(BIN)/python -m pip install -q -e '.[dev,trl,embed,parquet]'
 	@touch $(STAMP)
 
 install: $(STAMP)

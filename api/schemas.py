@@ -101,6 +101,11 @@ class StepAccepted(BaseModel):
 class MetricRow(BaseModel):
     step: int
     scalars: dict[str, float | None]
+    extra: dict[str, float | None] = Field(
+        default_factory=dict,
+        description="The step's extra scalars, sent by the trainer with the step (observe(scalars={...}), e.g. "
+        "true_reward, kl); {} when it sent none. Not filtered by names.",
+    )
     transition: bool | None = Field(
         default=None, description="The streaming detector flagged this step (null: no verdict, e.g. warm-up)"
     )

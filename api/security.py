@@ -96,7 +96,7 @@ def bearer_token(headers: Iterable[tuple[bytes, bytes]]) -> bytes | None:
 
 # --------------------------------------------------------------------------------------------- headers
 
-#: the review page (dashboards/review) loads only its own files: one external script, a module script and
+#: the review page (api/page) loads only its own files: one external script, a module script and
 #: two stylesheets, no inline script or <style>; app.js positions alert markers with style attributes
 #: (style-src-attr; browsers without CSP 3 fall back to style-src); the favicon is a data: URI.
 PAGE_CSP = (

@@ -41,8 +41,8 @@ class Settings(BaseSettings):
         metrics_token: when set, ``GET /metrics`` needs ``Authorization: Bearer <metrics_token>`` (Prometheus'
             ``authorization`` scrape setting); None (default): ``/metrics`` is public.
         retention_steps: keep the raw latents of only the last N processed steps per run (None: all).
-        review_dir: folder of the review page served at ``/`` (None: ``dashboards/review`` of the source
-            checkout this ``api`` package lives in; the Docker image sets it).
+        review_dir: folder of the review page served at ``/`` (None: the page shipped inside the ``api``
+            package, ``api/page``; set it only to serve another copy of the page).
         live_window_s: a run is ``live`` while its last step was received less than this many seconds ago,
             else ``idle`` (``GET /v1/runs``; the review page polls live runs).
     """
@@ -80,10 +80,10 @@ class Settings(BaseSettings):
         return value
 
     def resolved_review_dir(self) -> Path:
-        """Where the review page's files are: ``review_dir``, else ``<checkout>/dashboards/review``."""
+        """Where the review page's files are: ``review_dir``, else the package's own ``api/page``."""
         if self.review_dir is not None:
             return self.review_dir
-        return Path(__file__).resolve().parent.parent / "dashboards" / "review"
+        return Path(__file__).resolve().parent / "page"
 
     @property
     def auth_enabled(self) -> bool:

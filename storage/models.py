@@ -96,6 +96,9 @@ class Step(Base):
     scalars: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON, nullable=True)
     #: the streaming detector flagged this step (a detected transition); None during the warm-up
     transition: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    #: named per-step scalars the trainer sent with the step (``observe(scalars={"true_reward": …})``),
+    #: ``{name: float | None}``, stored at ingest; None when the step came without any
+    extra_scalars: Mapped[dict[str, Any] | None] = mapped_column(PortableJSON, nullable=True)
 
 
 class StepBlob(Base):
@@ -197,12 +200,13 @@ class Alert(Base):
 
 
 class Review(Base):
-    """A reviewer's decision on an alert (the alert's status is set to the latest decision)."""
+    """A reviewer's decision on an alert (the alert's status is set to the latest decision; ``open``
+    re-opens an alert that was acknowledged, confirmed or dismissed)."""
 
     __tablename__ = "reviews"
     __table_args__ = (
         Index("ix_reviews_alert_id", "alert_id"),
-        CheckConstraint("decision IN ('acknowledged', 'confirmed', 'dismissed')", name="ck_reviews_decision"),
+        CheckConstraint("decision IN ('open', 'acknowledged', 'confirmed', 'dismissed')", name="ck_reviews_decision"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

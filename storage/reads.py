@@ -32,7 +32,9 @@ def metrics(
     max_points: int = 1000,
     evidence: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Scalar history of a run: ``[{"step": int, "scalars": {name: float | None}, "transition": bool | None}]``.
+    """Scalar history of a run: ``[{"step": int, "scalars": {name: float | None}, "extra": {name: float | None},
+    "transition": bool | None}]``; ``extra`` holds the step's extra scalars (sent by the trainer with the step,
+    ``Step.extra_scalars``; ``{}`` without any), never filtered by ``names``.
 
     One row per processed (``done``) step with ``start <= step <= end``. With more than ``max_points``
     such steps, the rows kept are the ones at ranks floor(i·(N−1)/(max_points−1)) for i = 0…max_points−1:
@@ -50,18 +52,20 @@ def metrics(
         conditions.append(Step.step <= end)
     all_steps = list(session.scalars(select(Step.step).where(*conditions).order_by(Step.step)))
     chosen = [all_steps[i] for i in _downsample_indices(len(all_steps), max_points)]
-    found: dict[int, tuple[dict[str, Any], bool | None]] = {}
+    found: dict[int, tuple[dict[str, Any], dict[str, Any], bool | None]] = {}
     for lo in range(0, len(chosen), 500):
         chunk = chosen[lo : lo + 500]
-        stmt = select(Step.step, Step.scalars, Step.transition).where(Step.run_id == run_id, Step.step.in_(chunk))
-        for step, scalars, transition in session.execute(stmt):
-            found[step] = (scalars or {}, transition)
+        stmt = select(Step.step, Step.scalars, Step.extra_scalars, Step.transition).where(
+            Step.run_id == run_id, Step.step.in_(chunk)
+        )
+        for step, scalars, extra, transition in session.execute(stmt):
+            found[step] = (scalars or {}, extra or {}, transition)
     logs = _evidence_of(session, run_id, chosen, evidence) if evidence else {}
     rows = []
     for step in chosen:
-        scalars, transition = found[step]
+        scalars, extra, transition = found[step]
         selected = dict(scalars) if names is None else {name: scalars.get(name) for name in names}
-        row: dict[str, Any] = {"step": step, "scalars": selected, "transition": transition}
+        row: dict[str, Any] = {"step": step, "scalars": selected, "extra": dict(extra), "transition": transition}
         if evidence is not None:
             at = logs.get(step, {})
             row["evidence"] = {name: at.get(name) for name in evidence}

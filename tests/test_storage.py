@@ -281,7 +281,7 @@ def test_upgrade_0003_to_0004_keeps_the_rows_and_downgrade_drops_only_what_0004_
             conn.execute(
                 insert(reviews_t).values(alert_id=alert_id, decision="dismissed", reviewer="ann", created_at=now)
             )
-        assert upgrade(eng) == head_revision() == "0004_evidence_rebaseline"
+        assert upgrade(eng) == head_revision()  # through 0004 (and the later migrations)
         assert {c["name"]: c["nullable"] for c in inspect(eng).get_columns("step_evidence")} == {
             "run_id": False,
             "step": False,
@@ -338,6 +338,85 @@ def test_upgrade_0003_to_0004_keeps_the_rows_and_downgrade_drops_only_what_0004_
         with session_factory(eng)() as s:
             assert [x.witness for x in step_samples(s, run_id, 1)] == [None]  # the data went with the columns
             assert [r.rebaseline for r in list_reviews(s, alert_id)] == [False, False]
+    finally:
+        eng.dispose()
+
+
+def test_upgrade_0004_to_0005_adds_extra_scalars_and_reopen_and_downgrade_removes_them(database_url: str) -> None:
+    """Rows written under 0004 read back under 0005 with no extra scalars; 0005 accepts a review decision
+    ``open`` (re-open) that 0004's check refused; a downgrade deletes those re-open reviews, drops the column and
+    refuses ``open`` again; up again works."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import MetaData, Table, insert
+    from sqlalchemy.exc import IntegrityError
+
+    from storage.db import MIGRATIONS_DIR
+
+    assert upgrade(database_url, "0004_evidence_rebaseline") == "0004_evidence_rebaseline"
+    eng = make_engine(database_url)
+    try:
+        meta = MetaData()
+        runs_t, steps_t, alerts_t, reviews_t = (
+            Table(name, meta, autoload_with=eng) for name in ("runs", "steps", "alerts", "reviews")
+        )
+        now = datetime(2026, 12, 2, tzinfo=UTC)
+        with eng.begin() as conn:
+            run_id = conn.execute(
+                insert(runs_t).values(name="old", latent_dim=4, config={}, created_at=now).returning(runs_t.c.id)
+            ).scalar_one()
+            conn.execute(
+                insert(steps_t).values(
+                    run_id=run_id, step=0, status="done", payload_sha256="0" * 64, n=1, received_at=now, scalars={}
+                )
+            )
+            alert_id = conn.execute(
+                insert(alerts_t)
+                .values(
+                    run_id=run_id,
+                    step=0,
+                    type="PHASE_TRANSITION",
+                    status="confirmed",
+                    created_at=now,
+                    scalars={},
+                    reasons=[],
+                    top_samples=[],
+                    recommendation="",
+                )
+                .returning(alerts_t.c.id)
+            ).scalar_one()
+            conn.execute(
+                insert(reviews_t).values(alert_id=alert_id, decision="confirmed", reviewer="ann", created_at=now)
+            )
+        with pytest.raises(IntegrityError), eng.begin() as conn:  # 0004 refuses a re-open
+            conn.execute(insert(reviews_t).values(alert_id=alert_id, decision="open", reviewer="x", created_at=now))
+        assert upgrade(eng) == head_revision()
+        with session_factory(eng)() as s:
+            (row,) = metrics(s, run_id)
+            assert row["extra"] == {}
+            assert [r.decision for r in list_reviews(s, alert_id)] == ["confirmed"]
+        with eng.begin() as conn:  # 0005 accepts it, and keeps the earlier review
+            conn.execute(insert(reviews_t).values(alert_id=alert_id, decision="open", reviewer="bob", created_at=now))
+            conn.execute(text("UPDATE steps SET extra_scalars = '{\"kl\": 0.5}'"))
+        with session_factory(eng)() as s:
+            assert metrics(s, run_id)[0]["extra"] == {"kl": 0.5}
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with eng.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0004_evidence_rebaseline")
+        assert current_revision(eng) == "0004_evidence_rebaseline"
+        assert "extra_scalars" not in {c["name"] for c in inspect(eng).get_columns("steps")}
+        with eng.connect() as conn:
+            assert conn.execute(text("SELECT decision FROM reviews")).scalars().all() == ["confirmed"]
+        with pytest.raises(IntegrityError), eng.begin() as conn:  # and the old check is back
+            conn.execute(
+                text(
+                    f"INSERT INTO reviews (alert_id, decision, reviewer, created_at, rebaseline) "
+                    f"VALUES ({alert_id}, 'open', 'x', '2026-12-02', false)"
+                )
+            )
+        assert upgrade(eng) == head_revision()  # and up again
     finally:
         eng.dispose()
 
@@ -752,9 +831,9 @@ def test_metrics_downsampling_keeps_first_last_and_even_ranks(session: Session) 
     assert rows[1]["scalars"] == {"x": 3.0, "y": -3.0}
     rows = metrics(session, run.id, names=["x", "missing"], start=2, end=8, max_points=3)
     assert rows == [
-        {"step": 2, "scalars": {"x": 2.0, "missing": None}, "transition": None},
-        {"step": 5, "scalars": {"x": 5.0, "missing": None}, "transition": None},
-        {"step": 8, "scalars": {"x": 8.0, "missing": None}, "transition": None},
+        {"step": 2, "scalars": {"x": 2.0, "missing": None}, "extra": {}, "transition": None},
+        {"step": 5, "scalars": {"x": 5.0, "missing": None}, "extra": {}, "transition": None},
+        {"step": 8, "scalars": {"x": 8.0, "missing": None}, "extra": {}, "transition": None},
     ]
     assert [r["step"] for r in metrics(session, run.id, max_points=100)] == list(range(10))
     with pytest.raises(ValueError, match="max_points"):

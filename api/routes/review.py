@@ -1,7 +1,8 @@
 """The review page: its static files (``/`` and ``/review/…``) and the alert context it shows.
 
-The page (``dashboards/review``: HTML, JS, CSS and a vendored uPlot, no CDN) holds no data, so it is served
-without a token; everything it shows comes from the ``/v1`` routes, with the token the reviewer enters.
+The page (``api/page``, package data of the wheel: HTML, JS, CSS and a vendored uPlot, no CDN) holds no data,
+so it is served without a token; everything it shows comes from the ``/v1`` routes, with the token the reviewer
+enters.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ def mount_review_page(app: FastAPI, settings: Settings) -> None:
             return problem_response(
                 status.HTTP_404_NOT_FOUND,
                 f"the review page is not installed: {index} does not exist. Set FPMON_REVIEW_DIR to the "
-                "folder holding dashboards/review (index.html, app.js, app.css, vendor/).",
+                "folder holding the review page (index.html, app.js, app.css, vendor/), or reinstall fpmon.",
             )
         return FileResponse(index, headers={"Cache-Control": "no-cache"})
 

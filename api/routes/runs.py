@@ -154,7 +154,13 @@ def get_metrics(
     threshold = storage.evidence_threshold(session, run_id) if series is not None else None
     return MetricRows(
         rows=[
-            MetricRow(step=r["step"], scalars=r["scalars"], transition=r["transition"], evidence=r.get("evidence"))
+            MetricRow(
+                step=r["step"],
+                scalars=r["scalars"],
+                extra=r["extra"],
+                transition=r["transition"],
+                evidence=r.get("evidence"),
+            )
             for r in rows
         ],
         evidence_threshold=threshold,
