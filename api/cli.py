@@ -2,7 +2,8 @@
 
 ``fpmon`` = the library's commands (:data:`monitor.cli.app`: ``demo``, ``analyze``, ``sync``) + the sidecar's,
 defined here: ``serve`` (REST API + compute workers), ``db upgrade`` and ``db current`` (the schema's Alembic
-migrations). The console script ``fpmon`` and ``python -m api.cli`` both run :data:`app`. The dependency runs one
+migrations) + the results commands of :mod:`api.results_cli` (``runs``, ``alerts``, ``review``, ``export``).
+The console script ``fpmon`` and ``python -m api.cli`` both run :data:`app`. The dependency runs one
 way: this module imports :mod:`monitor.cli`, and no module of ``monitor`` imports the server.
 """
 
@@ -15,8 +16,11 @@ from rich.console import Console
 
 from monitor import cli as library_cli
 
+from . import results_cli
+
 app = typer.Typer(name="fpmon", help=library_cli.HELP, no_args_is_help=True, add_completion=False)
 app.registered_commands.extend(library_cli.app.registered_commands)  # demo, analyze, sync
+app.registered_commands.extend(results_cli.app.registered_commands)  # runs, alerts, review, export
 
 db_app = typer.Typer(help="Database schema management (Alembic migrations).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
