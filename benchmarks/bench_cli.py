@@ -7,7 +7,8 @@ Run::
 Each command runs as a fresh process (what a user's shell does), alternating with the baseline
 ``python -c pass`` so that the machine's drift hits both alike; the table gives medians and the excess over
 the baseline. Target (issue 13): ``fpmon --help`` answers in under 1 s — the CLI imports torch, the client
-and the server only inside the commands that need them (``monitor/__init__.py`` is lazy, PEP 562).
+and the server only inside the commands that need them (``monitor/__init__.py`` is lazy, PEP 562; the results
+commands, ``api/results_cli.py``, import httpx, SQLAlchemy and pyarrow only when they run).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ COMMANDS = {
     "python -c pass (baseline)": [sys.executable, "-c", "pass"],
     "fpmon --help": [FPMON, "--help"],
     "fpmon serve --help": [FPMON, "serve", "--help"],
+    "fpmon export --help": [FPMON, "export", "--help"],
     "python -c 'import monitor'": [sys.executable, "-c", "import monitor"],
     "python -c 'import torch' (for scale)": [sys.executable, "-c", "import torch"],
 }

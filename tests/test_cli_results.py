@@ -48,26 +48,14 @@ WRITE, READ = "write-token", "read-token"
 RUN_NAME = 'grpo, "v2"/ü'  # a comma, quotes, a slash and a non-ASCII letter: CSV quoting and file names
 STEPS = 10
 ALERT_STEPS = (6, 8)
+OTHER_STEPS = (0, 1, 50_000)
 NOTE = 'looks real, see "step 6"\nsecond line'
 #: the documented column kinds of the alerts and reviews tables (docs/results.md)
-ALERT_KINDS = {
-    "alert_id": "int",
-    "run_id": "int",
-    "step": "int",
-    "type": "str",
-    "status": "str",
-    "created_at": "str",
-    "reasons": "json",
-    "recommendation": "str",
-    "scalars": "json",
-    "top_samples": "json",
-    "review_count": "int",
-    "decision": "str",
-    "reviewer": "str",
-    "note": "str",
+ALERT_KINDS = dict.fromkeys(("alert_id", "run_id", "step", "review_count", "rebaseline_step"), "int") | {
+    **dict.fromkeys(("type", "status", "created_at", "recommendation", "decision", "reviewer", "note"), "str"),
+    **dict.fromkeys(("reasons", "scalars", "top_samples"), "json"),
     "reviewed_at": "str",
     "rebaseline": "bool",
-    "rebaseline_step": "int",
 }
 REVIEW_KINDS = {k: ALERT_KINDS[k] for k in ("alert_id", "step", "decision", "reviewer", "note")} | {
     "created_at": "str",
@@ -133,10 +121,11 @@ def fill(database_url: str) -> tuple[int, int, list[int]]:
                     .values(extra_scalars=extra or None)
                 )
                 session.commit()
-            storage.ingest_step(session, other.id, 0, b"o", 8)
-            row = storage.claim_next_step(session, "w")
-            assert row is not None
-            storage.complete_step(session, row, {"C": 1.0}, [], None, {}, b"")
+            for step in OTHER_STEPS:  # far apart: the HTTP source skips the gap
+                storage.ingest_step(session, other.id, step, f"o{step}".encode(), 8)
+                row = storage.claim_next_step(session, "w")
+                assert row is not None and row.step == step
+                storage.complete_step(session, row, {"C": 1.0 + step}, [], None, {}, b"")
             storage.ingest_step(session, run.id, STEPS, b"pending", 8)  # received, not processed
             alert_ids = sorted(a.id for a in storage.list_alerts(session, run_id=run.id))
             storage.review_alert(session, alert_ids[0], "acknowledged", "bob")
@@ -198,10 +187,10 @@ def fpmon(*args: str, env: dict[str, str | None] | None = None) -> Any:
 
 
 # -------------------------------------------------------------------------------------------- expectations
-def api_steps(s: Sidecar) -> list[dict[str, Any]]:
+def api_steps(s: Sidecar, run_id: int | None = None) -> list[dict[str, Any]]:
     """The steps table as the API's metric rows say it is: one row per processed step, every column present."""
     body = s.client.get(
-        f"/v1/runs/{s.run_id}/metrics", params={"evidence": "all", "max_points": 100_000}, headers=auth()
+        f"/v1/runs/{run_id or s.run_id}/metrics", params={"evidence": "all", "max_points": 100_000}, headers=auth()
     ).json()
     rows = body["rows"]
     scalars = sorted({k for r in rows for k in r["scalars"]})
@@ -216,9 +205,9 @@ def api_steps(s: Sidecar) -> list[dict[str, Any]]:
     ]
 
 
-def api_alerts(s: Sidecar) -> list[dict[str, Any]]:
+def api_alerts(s: Sidecar, run_id: int | None = None) -> list[dict[str, Any]]:
     """The run's alerts with their reviews, by id, as ``GET /v1/alerts/{id}`` answers them."""
-    listed = s.client.get("/v1/alerts", params={"run_id": s.run_id}, headers=auth()).json()["alerts"]
+    listed = s.client.get("/v1/alerts", params={"run_id": run_id or s.run_id}, headers=auth()).json()["alerts"]
     return [s.client.get(f"/v1/alerts/{a['alert_id']}", headers=auth()).json() for a in sorted(listed, key=_id)]
 
 
@@ -330,6 +319,25 @@ def test_export_round_trips_the_apis_rows(sidecar: Sidecar, tmp_path: Path) -> N
         for source, opts in sidecar.sources().items()
     }
     assert printed["http"] == printed["sql"] and len(printed["http"].splitlines()) == 1 + STEPS
+
+
+def test_http_source_reads_every_page(sidecar: Sidecar, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs, alerts and metric rows read in pages (here 1 run or alert, 3 step numbers at a time) lose nothing."""
+    import api.results.http as http_source
+
+    monkeypatch.setattr(http_source, "PAGE", 1)
+    monkeypatch.setattr(http_source, "WINDOW", 3)
+    options = sidecar.sources()["http"]
+    for ref, run_id in ((RUN_NAME, sidecar.run_id), ("other", sidecar.other_id)):  # by name: the runs are paged
+        path = tmp_path / f"{run_id}.jsonl"
+        assert fpmon("export", ref, "--format", "jsonl", "--output", str(path), *options).exit_code == 0
+        records = read_jsonl(path)
+        assert records["step"] == api_steps(sidecar, run_id)
+        assert [r["step"] for r in records["step"]] == (list(range(STEPS)) if ref == RUN_NAME else list(OTHER_STEPS))
+        assert records.get("alert", []) == [alert_row(a) for a in api_alerts(sidecar, run_id)]
+    listed = json.loads(fpmon("alerts", "--json", *options).stdout)
+    assert [a["alert_id"] for a in listed] == sorted(sidecar.alert_ids, reverse=True)
+    assert [r["name"] for r in json.loads(fpmon("runs", "--json", *options).stdout)] == [RUN_NAME, "other"]
 
 
 def test_runs_and_alerts_list_the_apis_objects(sidecar: Sidecar) -> None:
