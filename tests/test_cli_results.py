@@ -12,6 +12,7 @@ and straight from the database (``--database-url``) — and through the REST exp
   token for a review, both sources at once, a missing SQLite file: a clear message and a nonzero exit, nothing
   changed;
 * the REST export: attachment headers, the same bytes as the CLI's files, 404, 422, 401, 501 without pyarrow;
+* over HTTP, paged runs, alerts and metric windows lose nothing; a non-sidecar or a 5xx is a clear error;
 * ``import api.cli`` (what ``fpmon --help`` runs) imports none of torch, SQLAlchemy, FastAPI, httpx, pyarrow.
 """
 
@@ -501,3 +502,21 @@ def test_the_cli_module_imports_no_heavy_package() -> None:
     ).stdout
     for command in ("runs", "alerts", "review", "export"):
         assert command in help_text
+
+
+def test_http_source_names_what_went_wrong() -> None:
+    """A server that is not a sidecar, or a sidecar's 5xx: a ResultsError saying so, not a traceback."""
+    import httpx
+
+    from api.results.backend import ResultsError
+    from api.results.http import HttpResults
+
+    def source(response: httpx.Response) -> HttpResults:
+        return HttpResults("http://example.test", transport=httpx.MockTransport(lambda request: response))
+
+    with pytest.raises(ResultsError, match="other than JSON: is it an fpmon sidecar"):
+        source(httpx.Response(200, text="<html>hello</html>")).list_runs(10)
+    problem = {"type": "about:blank", "title": "Service Unavailable", "status": 503, "detail": "database is down"}
+    with pytest.raises(ResultsError, match="HTTP 503: database is down") as caught:
+        source(httpx.Response(503, json=problem)).find_run("7")
+    assert caught.value.kind == "unavailable"

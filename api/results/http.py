@@ -52,7 +52,13 @@ class HttpResults:
                 "check --url / FPMON_URL, or read the database directly with --database-url"
             ) from exc
         if response.is_success:
-            return response.json()
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise ResultsError(
+                    f"{self.url} answered {method} {path} with something other than JSON: is it an fpmon sidecar? "
+                    "(check --url / FPMON_URL)"
+                ) from exc
         detail = _detail(response)
         code = response.status_code
         if code == 404:
