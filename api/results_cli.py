@@ -32,7 +32,9 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from .results.backend import ResultsBackend
+    from .results.backend import ResultsBackend, RunResults
+    from .results.tables import Table as ResultsTable
+    from .results.writers import Format
 
 app = typer.Typer(add_completion=False)
 
@@ -253,46 +255,57 @@ def export_command(
     as_json: AsJson = False,
 ) -> None:
     """Export a run's steps (observables, extra scalars, evidence), alerts and reviews (docs/results.md)."""
-    from .results.backend import ResultsError
+    from .results.backend import collect
     from .results.tables import TABLES, TableName, build
-    from .results.writers import encode, filename, require_parquet
+    from .results.writers import require_parquet
 
     names: tuple[TableName, ...] = TABLES if table is ExportTable.all else (cast("TableName", table.value),)
-    split = fmt is not ExportFormat.jsonl and len(names) > 1  # one file per table
-    if split and output is not None and str(output) == "-":
+    to_stdout = output is not None and str(output) == "-"
+    if to_stdout and fmt is not ExportFormat.jsonl and len(names) > 1:
         raise typer.BadParameter("several files cannot go to stdout: choose --table, or --format jsonl")
     with results_source("export", url, token, database_url) as backend:
         if fmt is ExportFormat.parquet:
             require_parquet()
-        from .results.backend import collect
-
         results = collect(backend, run)
-        tables = build(results, names)
-        written: list[dict[str, Any]] = []
-        try:
-            if split:
-                folder = output or Path(".")
-                folder.mkdir(parents=True, exist_ok=True)
-                for t in tables:
-                    path = folder / filename(results.run, fmt.value, t.name)
-                    path.write_bytes(encode(results.run, [t], fmt.value))
-                    written.append({"table": t.name, "rows": len(t.rows), "path": str(path)})
-            else:
-                data = encode(results.run, tables, fmt.value)
-                default = filename(results.run, fmt.value, None if len(names) > 1 else names[0])
-                if output is not None and str(output) == "-":
-                    sys.stdout.buffer.write(data)
-                    sys.stdout.flush()
-                    return
-                path = output / default if output is not None and output.is_dir() else output or Path(default)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(data)
-                written.extend({"table": t.name, "rows": len(t.rows), "path": str(path)} for t in tables)
-        except OSError as exc:
-            raise ResultsError(f"cannot write the export: {exc}", "invalid") from exc
+        written = _write_export(results, build(results, names), fmt.value, output)
+    if written is None:  # the bytes went to stdout
+        return
     if as_json:
         _echo_json({"run_id": results.run["run_id"], "name": results.run["name"], "files": written})
         return
     console = _console()
     for w in written:
         console.print(f"{w['table']}: {w['rows']} rows -> {w['path']}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _write_export(
+    results: RunResults, tables: list[ResultsTable], fmt: Format, output: Path | None
+) -> list[dict[str, Any]] | None:
+    """Write the export: one file per table for csv / parquet with several tables (into the folder ``output``,
+    default the current one), else one file (``output``: its path, a folder for the default name, ``-`` for
+    stdout). Returns ``[{"table", "rows", "path"}]``, or None after writing to stdout."""
+    from .results.backend import ResultsError
+    from .results.writers import encode, filename
+
+    if output is not None and str(output) == "-":
+        sys.stdout.buffer.write(encode(results.run, tables, fmt))
+        sys.stdout.flush()
+        return None
+    written: list[dict[str, Any]] = []
+    try:
+        if fmt != "jsonl" and len(tables) > 1:
+            folder = output or Path(".")
+            folder.mkdir(parents=True, exist_ok=True)
+            for t in tables:
+                path = folder / filename(results.run, fmt, t.name)
+                path.write_bytes(encode(results.run, [t], fmt))
+                written.append({"table": t.name, "rows": len(t.rows), "path": str(path)})
+            return written
+        data = encode(results.run, tables, fmt)
+        default = filename(results.run, fmt, None if len(tables) > 1 else tables[0].name)
+        path = output / default if output is not None and output.is_dir() else output or Path(default)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as exc:
+        raise ResultsError(f"cannot write the export: {exc}", "invalid") from exc
+    return [{"table": t.name, "rows": len(t.rows), "path": str(path)} for t in tables]

@@ -415,6 +415,8 @@ def test_bad_ids_and_sources_fail_clearly(sidecar: Sidecar, tmp_path: Path) -> N
     after = [sidecar.client.get(f"/v1/alerts/{i}", headers=auth()).json() for i in sidecar.alert_ids]
     assert after == before
 
+    several = fpmon("export", RUN_NAME, "--format", "parquet", "--output", "-", *sidecar.sources()["sql"])
+    assert several.exit_code == 2 and "several files cannot go to stdout" in several.output
     both = fpmon("runs", "--url", sidecar.url, "--database-url", sidecar.database_url)
     assert both.exit_code == 2 and "not both" in both.output
     unauthenticated = fpmon("runs", "--url", sidecar.url)
