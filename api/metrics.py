@@ -116,8 +116,10 @@ class DatabaseCollector(Collector):
             alerts.add_metric([alert_type], count)
         yield alerts
         outbox = GaugeMetricFamily("fpmon_webhook_outbox", "Webhook notifications by status", labels=["status"])
-        for status, count in outbox_counts(session).items():
-            outbox.add_metric([status], count)
+        by_status = outbox_counts(session)
+        if any(by_status.values()):  # no sample at all while no webhook was ever configured
+            for status, count in by_status.items():
+                outbox.add_metric([status], count)
         yield outbox
         yield self._latency(session)
         yield self._observables(session)
