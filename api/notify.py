@@ -63,7 +63,7 @@ class Notifier(threading.Thread):
             base_s=settings.webhook_backoff_s,
             max_s=settings.webhook_backoff_max_s,
         )
-        self.lease_s = 4 * settings.webhook_timeout_s + 10
+        self.lease_s = 3 * settings.webhook_timeout_s + 5  # connect, send, read: each up to the timeout
         self.on_attempt = on_attempt
         self.client = httpx.Client(timeout=settings.webhook_timeout_s, transport=transport, follow_redirects=False)
         self.rng = random.Random()

@@ -55,7 +55,7 @@ class Settings(BaseSettings):
             generic JSON) or ``slack`` (a Slack incoming-webhook message).
         webhook_secret: when set, each request is signed (``X-Fpmon-Signature``, see ``api.webhooks``).
         webhook_timeout_s: HTTP timeout of one delivery attempt (default 5 s); the attempt's lease on its
-            outbox row is ``4 · webhook_timeout_s + 10`` s.
+            outbox row is ``3 · webhook_timeout_s + 5`` s (connect, send and read each have the timeout).
         webhook_max_attempts: attempts of one notification before it is marked ``failed`` (default 8).
         webhook_backoff_s, webhook_backoff_max_s: the wait after the first failed attempt (default 2 s),
             doubled after each next one up to the maximum (default 600 s), then drawn in [½, 1] of that.

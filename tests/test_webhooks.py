@@ -488,6 +488,7 @@ def test_a_killed_sidecar_process_loses_no_notification(tmp_path: Path, receiver
         "FPMON_WEBHOOK_BACKOFF_MAX_S": "0.2",
         "FPMON_WEBHOOK_POLL_S": "0.02",
         "FPMON_WEBHOOK_MAX_ATTEMPTS": "10000",
+        "FPMON_WEBHOOK_TIMEOUT_S": "1",  # the killed notifier's lease (3 · 1 + 5 s) ends soon after the restart
         "FPMON_DEVICE": "cpu",
     }
     engine = make_engine(url)
