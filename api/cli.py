@@ -88,8 +88,8 @@ def serve(
         }.items()
         if value is not None
     }
-    settings = Settings(**overrides)
     try:
+        settings = Settings(**overrides)  # a bad FPMON_* value (e.g. a webhook URL) is a ValueError too
         application = create_app(settings)
     except (SchemaError, ValueError) as exc:
         _console().print(f"[bold red]fpmon serve: {exc}[/]")

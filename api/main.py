@@ -14,6 +14,7 @@ from storage import check_schema, make_engine, session_factory
 from .deps import Services
 from .errors import install_error_handlers, problem_openapi
 from .metrics import Metrics
+from .notify import Notifier
 from .routes import alerts, export, health, review, runs, steps
 from .schemas import Problem
 from .security import FrontDoor, SecurityHeaders, install_access_log_redaction, internal_error_with_headers
@@ -31,6 +32,7 @@ def create_app(settings: Settings | None = None, start_workers: bool = True) -> 
     engine = make_engine(settings.database_url)
     check_schema(engine)
     services = Services(settings=settings, sessions=session_factory(engine), metrics=Metrics())
+    notify_targets = [target.id for target in settings.webhook_targets()]
     if not settings.auth_enabled:
         log.warning("no FPMON_API_TOKENS / FPMON_READ_TOKENS: serving WITHOUT authentication on %s", settings.host)
 
@@ -52,14 +54,24 @@ def create_app(settings: Settings | None = None, start_workers: bool = True) -> 
                     claim_stale_s=settings.claim_stale_s,
                     claim_timeout_s=settings.claim_timeout_s,
                     retention_steps=settings.retention_steps,
+                    notify_targets=notify_targets,
                 )
                 thread = WorkerThread(processor, settings.worker_poll_s)
                 thread.start()
                 workers.append(thread)
         app.state.workers = workers
+        # webhooks configured: one notifier thread delivers the outbox (even without workers: another
+        # replica's workers may raise the alerts)
+        notifier = None
+        if notify_targets:
+            notifier = Notifier(services.sessions, settings, on_attempt=services.metrics.count_webhook_attempt)
+            notifier.start()
+        app.state.notifier = notifier
         try:
             yield
         finally:
+            if notifier is not None:
+                notifier.stop()
             for worker in workers:
                 worker.stop()
             engine.dispose()
@@ -72,6 +84,7 @@ def create_app(settings: Settings | None = None, start_workers: bool = True) -> 
     )
     app.state.services = services
     app.state.workers = []
+    app.state.notifier = None
     services.metrics.watch_database(
         services.sessions, lambda: sum(1 for w in getattr(app.state, "workers", []) if w.is_ready())
     )

@@ -4,8 +4,10 @@ Two sources, one registry per app (so several apps can live in one process, e.g.
 
 * this process's HTTP side: payloads accepted, duplicates, rejections, ingest latency;
 * the database, read at scrape time (:class:`DatabaseCollector`): steps processed and failed, queue depth,
-  alerts by type, processing latency, and the latest observables per run. The compute workers run in
-  other processes (or other replicas), so the database is the one place that sees all of their work.
+  alerts by type, webhook notifications by status, processing latency, and the latest observables per run.
+  The compute workers run in other processes (or other replicas), so the database is the one place that
+  sees all of their work;
+* this process's notifier: webhook delivery attempts by outcome.
 
 A scrape costs the same at any number of stored steps (``/metrics`` ≤ 50 ms at 100,000 steps:
 ``benchmarks/bench_metrics.py``): it reads one row per run (the counters ``steps_received``,
@@ -28,7 +30,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from storage import Alert, Run, Step
+from storage import Alert, Run, Step, outbox_counts
 
 log = logging.getLogger("fpmon.metrics")
 
@@ -57,6 +59,16 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=r,
         )
+        self.webhook_attempts = Counter(
+            "fpmon_webhook_attempts_total",
+            "Webhook delivery attempts of this process's notifier, by outcome (delivered, retry, failed, lost)",
+            ["outcome"],
+            registry=r,
+        )
+
+    def count_webhook_attempt(self, outcome: str) -> None:
+        """Count one delivery attempt of the notifier (:class:`api.notify.Notifier`)."""
+        self.webhook_attempts.labels(outcome).inc()
 
     def watch_database(self, sessions: Callable[[], Session], workers_alive: Callable[[], int]) -> None:
         self.registry.register(DatabaseCollector(sessions, workers_alive))
@@ -103,6 +115,12 @@ class DatabaseCollector(Collector):
         for alert_type, count in session.execute(select(Alert.type, func.count()).group_by(Alert.type)):
             alerts.add_metric([alert_type], count)
         yield alerts
+        outbox = GaugeMetricFamily("fpmon_webhook_outbox", "Webhook notifications by status", labels=["status"])
+        by_status = outbox_counts(session)
+        if any(by_status.values()):  # no sample at all while no webhook was ever configured
+            for status, count in by_status.items():
+                outbox.add_metric([status], count)
+        yield outbox
         yield self._latency(session)
         yield self._observables(session)
 

@@ -6,8 +6,10 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .webhooks import WebhookTarget, check_http_url, parse_targets
 
 
 class Settings(BaseSettings):
@@ -45,6 +47,20 @@ class Settings(BaseSettings):
             package, ``api/page``; set it only to serve another copy of the page).
         live_window_s: a run is ``live`` while its last step was received less than this many seconds ago,
             else ``idle`` (``GET /v1/runs``; the review page polls live runs).
+        public_url: the sidecar's address as a reader's browser sees it, for the links in notifications
+            (``<public_url>/#/alerts/<id>``). None (default): ``http://<host>:<port>``.
+        webhook_urls: where alerts are notified: comma-separated ``[json:|slack:]URL`` entries (empty, the
+            default: no notifications). A malformed entry is refused at startup.
+        webhook_format: the body format of entries without a ``json:``/``slack:`` prefix: ``json`` (default;
+            generic JSON) or ``slack`` (a Slack incoming-webhook message).
+        webhook_secret: when set, each request is signed (``X-Fpmon-Signature``, see ``api.webhooks``).
+        webhook_timeout_s: HTTP timeout of one delivery attempt (default 5 s); the attempt's lease on its
+            outbox row is ``3 · webhook_timeout_s + 5`` s (connect, send and read each have the timeout).
+        webhook_max_attempts: attempts of one notification before it is marked ``failed`` (default 8).
+        webhook_backoff_s, webhook_backoff_max_s: the wait after the first failed attempt (default 2 s),
+            doubled after each next one up to the maximum (default 600 s), then drawn in [½, 1] of that.
+        webhook_poll_s: how often the notifier looks for due notifications (default 1 s).
+        webhook_samples: the top samples (their texts) a notification quotes (default 3).
     """
 
     model_config = SettingsConfigDict(env_prefix="FPMON_", extra="ignore")
@@ -71,6 +87,16 @@ class Settings(BaseSettings):
     retention_steps: int | None = None
     review_dir: Path | None = None
     live_window_s: float = Field(default=120.0, gt=0)
+    public_url: str | None = None
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_format: Literal["json", "slack"] = "json"
+    webhook_secret: str | None = None
+    webhook_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, ge=1)
+    webhook_backoff_s: float = Field(default=2.0, gt=0)
+    webhook_backoff_max_s: float = Field(default=600.0, gt=0)
+    webhook_poll_s: float = Field(default=1.0, gt=0)
+    webhook_samples: int = Field(default=3, ge=0, le=20)
 
     @field_validator("api_tokens", "read_tokens", mode="before")
     @classmethod
@@ -78,6 +104,36 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
+
+    @field_validator("webhook_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [u.strip() for u in value.split(",") if u.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _check_webhooks(self) -> Settings:
+        parse_targets(self.webhook_urls, self.webhook_format)  # a malformed entry: ValueError saying which
+        if self.public_url is not None:
+            check_http_url(self.public_url, "FPMON_PUBLIC_URL", " (the sidecar's address, for links in notifications)")
+        if self.webhook_backoff_s > self.webhook_backoff_max_s:
+            raise ValueError(
+                f"FPMON_WEBHOOK_BACKOFF_S ({self.webhook_backoff_s}) must not exceed FPMON_WEBHOOK_BACKOFF_MAX_S "
+                f"({self.webhook_backoff_max_s})"
+            )
+        return self
+
+    def webhook_targets(self) -> list[WebhookTarget]:
+        """The configured webhooks (``webhook_urls`` parsed; empty: notifications are off)."""
+        return parse_targets(self.webhook_urls, self.webhook_format)
+
+    def resolved_public_url(self) -> str:
+        """``public_url``, else ``http://<host>:<port>`` (an IPv6 host in brackets), without a trailing slash."""
+        if self.public_url is not None:
+            return self.public_url.rstrip("/")
+        host = self.host if ":" not in self.host or self.host.startswith("[") else f"[{self.host}]"
+        return f"http://{host}:{self.port}"
 
     def resolved_review_dir(self) -> Path:
         """Where the review page's files are: ``review_dir``, else the package's own ``api/page``."""

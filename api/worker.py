@@ -96,6 +96,7 @@ def worker_process_main(settings_data: dict[str, Any], parent_pid: int, ready: A
         retention_steps=settings.retention_steps,
         claim_timeout_s=settings.claim_timeout_s,
         step_delay_s=float(os.environ.get(TEST_STEP_DELAY_ENV) or 0.0),
+        notify_targets=[target.id for target in settings.webhook_targets()],
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -187,6 +187,8 @@ class StepProcessor:
         step_delay_s: TEST ONLY: sleep this long inside each step, after reading it and before writing its
             results, so that a test can kill a worker mid-step (the sidecar's workers read it from
             ``FPMON_TEST_STEP_DELAY_S``). Default 0.
+        notify_targets: the webhook target ids an alert raised here is queued for, with the alert
+            (``storage.outbox``; the sidecar passes its ``FPMON_WEBHOOK_URLS``' ids). Default: none.
     """
 
     def __init__(
@@ -198,6 +200,7 @@ class StepProcessor:
         worker_id: str | None = None,
         claim_timeout_s: float = storage.DEFAULT_CLAIM_TIMEOUT_S,
         step_delay_s: float = 0.0,
+        notify_targets: Sequence[str] = (),
     ) -> None:
         if claim_timeout_s <= 0:
             raise ValueError(f"claim_timeout_s must be positive, got {claim_timeout_s}")
@@ -208,6 +211,7 @@ class StepProcessor:
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.claim_timeout_s = claim_timeout_s
         self.step_delay_s = step_delay_s
+        self.notify_targets = tuple(notify_targets)
         self.processed = 0
 
     def process_one(self) -> bool:
@@ -328,6 +332,7 @@ class StepProcessor:
             evidence=evidence,
             evidence_threshold=report.evidence_threshold if evidence else None,
             rebaseline_review_id=rebaseline,
+            notify_targets=self.notify_targets,
         )
 
 

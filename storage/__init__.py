@@ -18,6 +18,8 @@ Modules (everything public is re-exported here; import from ``storage``):
 * :mod:`storage.payloads` — the raw step payloads, in their own table: read, list, retention purge.
 * :mod:`storage.reads` — metrics and evidence history and a step's samples, for charts and review pages.
 * :mod:`storage.alerts` — alerts and their reviews (a dismissal may request a re-baseline of the run's monitor).
+* :mod:`storage.outbox` — the webhook outbox: notifications of alerts (enqueued with them), leased and marked
+  by the sidecar's notifier, retried with backoff.
 * :mod:`storage.errors` — the exceptions raised by the functions above.
 * :mod:`storage.state_codec` — the monitor state to and from (JSON meta, safetensors bytes).
 * :mod:`storage.sql` — internal: table handles and the SQLite/PostgreSQL differences.
@@ -46,7 +48,17 @@ from .db import (
     upgrade,
 )
 from .errors import LostClaim, NotFound, StepConflict, StepTooLate
-from .models import Alert, Base, Review, Run, RunState, Step, StepBlob, StepEvidence, StepSample
+from .models import Alert, Base, Review, Run, RunState, Step, StepBlob, StepEvidence, StepSample, WebhookDelivery
+from .outbox import (
+    OUTBOX_STATUSES,
+    Delivery,
+    RetryPolicy,
+    claim_deliveries,
+    list_deliveries,
+    mark_delivered,
+    outbox_counts,
+    retry_delivery,
+)
 from .payloads import load_payload, payload_steps, purge_payloads
 from .reads import (
     evidence_threshold,
@@ -76,13 +88,16 @@ __all__ = [
     "ALERT_STATUSES",
     "DEFAULT_CLAIM_TIMEOUT_S",
     "DEFAULT_DATABASE_URL",
+    "OUTBOX_STATUSES",
     "REVIEW_DECISIONS",
     "STEP_STATUSES",
     "Alert",
     "Base",
     "Claim",
+    "Delivery",
     "LostClaim",
     "NotFound",
+    "RetryPolicy",
     "Review",
     "Run",
     "RunState",
@@ -94,7 +109,9 @@ __all__ = [
     "StepSample",
     "StepTooLate",
     "StoredState",
+    "WebhookDelivery",
     "check_schema",
+    "claim_deliveries",
     "claim_next_step",
     "complete_step",
     "counts",
@@ -113,16 +130,20 @@ __all__ = [
     "heartbeat_step",
     "ingest_step",
     "list_alerts",
+    "list_deliveries",
     "list_reviews",
     "list_runs",
     "list_steps",
     "load_payload",
     "load_run_state",
     "make_engine",
+    "mark_delivered",
     "metrics",
     "open_alert_counts",
+    "outbox_counts",
     "payload_steps",
     "purge_payloads",
+    "retry_delivery",
     "review_alert",
     "sample_count",
     "sample_points",

@@ -1,5 +1,5 @@
-"""SQLAlchemy 2.x typed models: runs, steps, step payloads, step samples, step evidence, alerts, reviews and the
-run state.
+"""SQLAlchemy 2.x typed models: runs, steps, step payloads, step samples, step evidence, alerts, reviews, the
+run state and the webhook outbox.
 
 The schema itself is created by the Alembic migrations in ``storage/migrations`` (never by
 ``Base.metadata.create_all`` in production); ``tests/test_storage.py`` checks that the two agree.
@@ -30,6 +30,7 @@ from .types import PortableJSON, UTCDateTime, utcnow
 
 STEP_STATUS_VALUES = ("pending", "processing", "done", "failed")
 ALERT_STATUS_VALUES = ("open", "acknowledged", "confirmed", "dismissed")
+OUTBOX_STATUS_VALUES = ("pending", "delivered", "failed")
 
 
 class Base(DeclarativeBase):
@@ -231,3 +232,32 @@ class RunState(Base):
     tensors: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_processed_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class WebhookDelivery(Base):
+    """One notification of one alert to one webhook target (the outbox; rules in :mod:`storage.outbox`).
+
+    Written with its alert, in the alert's transaction (:func:`storage.complete_step`); one row per
+    ``(alert_id, target)``. ``target`` is the target's id (``api.webhooks.target_id``: a hash of its URL, so no
+    URL, which may hold a secret, is stored). ``due_at`` is when the row may next be claimed: a claim moves it to
+    the lease's end, a failed attempt to the retry time. ``attempts`` counts claims; ``leased_by`` names the
+    notifier that holds (or last held) the row.
+    """
+
+    __tablename__ = "webhook_outbox"
+    __table_args__ = (
+        UniqueConstraint("alert_id", "target", name="uq_webhook_outbox_alert_target"),
+        Index("ix_webhook_outbox_status_due", "status", "due_at"),
+        CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="ck_webhook_outbox_status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[int] = mapped_column(ForeignKey("alerts.id", name="fk_webhook_outbox_alert_id"))
+    target: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    leased_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

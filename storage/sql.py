@@ -1,6 +1,6 @@
 """SQL plumbing shared by the storage modules: table handles and the SQLite/PostgreSQL differences.
 
-* Table handles (``RUNS_TABLE`` … ``STATES_TABLE``): the models' Core tables, for ``insert``/``update``.
+* Table handles (``RUNS_TABLE`` … ``OUTBOX_TABLE``): the models' Core tables, for ``insert``/``update``.
 * :func:`begin_write` — on SQLite, take the write lock first (``BEGIN IMMEDIATE``); see :mod:`storage.steps`
   for the transaction rules every write function follows.
 * :func:`insert_ignore` — ``INSERT … ON CONFLICT DO NOTHING`` in either dialect.
@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from .db import SQLITE_IMMEDIATE
-from .models import Alert, Review, Run, RunState, Step, StepBlob, StepEvidence, StepSample
+from .models import Alert, Review, Run, RunState, Step, StepBlob, StepEvidence, StepSample, WebhookDelivery
 
 RUNS_TABLE = cast(Table, Run.__table__)
 STEPS_TABLE = cast(Table, Step.__table__)
@@ -29,6 +29,7 @@ ALERTS_TABLE = cast(Table, Alert.__table__)
 REVIEWS_TABLE = cast(Table, Review.__table__)
 EVIDENCE_TABLE = cast(Table, StepEvidence.__table__)
 STATES_TABLE = cast(Table, RunState.__table__)
+OUTBOX_TABLE = cast(Table, WebhookDelivery.__table__)
 
 
 def dialect_name(session: Session) -> str:

@@ -69,6 +69,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from .claims import Claim, claim_of, count_failed, fence
 from .errors import LostClaim, NotFound, StepConflict, StepTooLate
 from .models import STEP_STATUS_VALUES, Base, Run, RunState, Step
+from .outbox import check_targets, enqueue_notifications
 from .sql import (
     ALERTS_TABLE,
     EVIDENCE_TABLE,
@@ -243,6 +244,7 @@ def complete_step(
     evidence: Mapping[str, float] | None = None,
     evidence_threshold: float | None = None,
     rebaseline_review_id: int | None = None,
+    notify_targets: Sequence[str] = (),
 ) -> None:
     """Write a processed step's results in ONE transaction (all or nothing).
 
@@ -268,6 +270,8 @@ def complete_step(
             applied to the monitor before this step: it is cleared, unless a newer request replaced it
             meanwhile (that one stays pending for the next step), and the re-baseline reviews of the run it
             covers (ids up to it) are marked applied at this step (``Review.rebaseline_step``).
+        notify_targets: the webhook target ids to notify of the alert: one ``webhook_outbox`` row per target
+            is written with the alert, in this transaction (:mod:`storage.outbox`). Ignored without an alert.
 
     The run's ``steps_processed``, ``latest_step`` and ``latest_scalars`` are updated with it. Raises
     :class:`LostClaim` (nothing written) when the step was reclaimed from this worker.
@@ -277,6 +281,7 @@ def complete_step(
     run_id, step = token.run_id, token.step
     clean_scalars = finite_json(scalars)
     evidence_rows = _evidence_rows(run_id, step, evidence or {}, evidence_threshold)
+    targets = check_targets(notify_targets)
     begin_write(session)
     try:
         done = session.execute(
@@ -313,8 +318,9 @@ def complete_step(
         if rebaseline_review_id is not None:
             _consume_rebaseline(session, run_id, step, int(rebaseline_review_id))
         if alert is not None:
-            session.execute(
-                insert(ALERTS_TABLE).values(
+            alert_id = session.execute(
+                insert(ALERTS_TABLE)
+                .values(
                     run_id=run_id,
                     step=step,
                     type=str(alert["type"]),
@@ -325,7 +331,9 @@ def complete_step(
                     top_samples=finite_json(list(alert.get("top_samples", ()))),
                     recommendation=str(alert.get("recommendation", "")),
                 )
-            )
+                .returning(ALERTS_TABLE.c.id)
+            ).scalar_one()
+            enqueue_notifications(session, alert_id, targets)
         state_values = {
             "meta": tag_floats(state_meta),
             "tensors": state_tensors_bytes,

@@ -113,6 +113,7 @@ def test_upgrade_from_empty_to_head_matches_the_models(database_url: str) -> Non
             "alerts",
             "reviews",
             "run_states",
+            "webhook_outbox",
             "alembic_version",
         } <= tables
         with eng.connect() as conn:
@@ -416,6 +417,78 @@ def test_upgrade_0004_to_0005_adds_extra_scalars_and_reopen_and_downgrade_remove
                     f"VALUES ({alert_id}, 'open', 'x', '2026-12-02', false)"
                 )
             )
+        assert upgrade(eng) == head_revision()  # and up again
+    finally:
+        eng.dispose()
+
+
+def test_upgrade_0005_to_0006_adds_an_empty_outbox_and_downgrade_drops_it(database_url: str) -> None:
+    """Alerts raised under 0005 survive 0006 with no notification queued (they are never sent); 0006 queues
+    and refuses a second row per (alert, target); a downgrade drops the outbox and keeps the alerts; up again
+    works."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import MetaData, Table, insert
+    from sqlalchemy.exc import IntegrityError
+
+    from storage import list_deliveries, outbox_counts
+    from storage.db import MIGRATIONS_DIR
+
+    assert upgrade(database_url, "0005_extra_scalars_reopen") == "0005_extra_scalars_reopen"
+    eng = make_engine(database_url)
+    try:
+        assert "webhook_outbox" not in inspect(eng).get_table_names()
+        meta = MetaData()
+        runs_t, steps_t, alerts_t = (Table(name, meta, autoload_with=eng) for name in ("runs", "steps", "alerts"))
+        now = datetime(2026, 12, 2, tzinfo=UTC)
+        with eng.begin() as conn:
+            run_id = conn.execute(
+                insert(runs_t).values(name="old", latent_dim=4, config={}, created_at=now).returning(runs_t.c.id)
+            ).scalar_one()
+            conn.execute(
+                insert(steps_t).values(
+                    run_id=run_id, step=0, status="done", payload_sha256="0" * 64, n=1, received_at=now, scalars={}
+                )
+            )
+            alert_id = conn.execute(
+                insert(alerts_t)
+                .values(
+                    run_id=run_id,
+                    step=0,
+                    type="PHASE_TRANSITION",
+                    status="open",
+                    created_at=now,
+                    scalars={},
+                    reasons=[],
+                    top_samples=[],
+                    recommendation="",
+                )
+                .returning(alerts_t.c.id)
+            ).scalar_one()
+        assert upgrade(eng) == head_revision()
+        with session_factory(eng)() as s:
+            assert outbox_counts(s) == {"pending": 0, "delivered": 0, "failed": 0}
+            assert get_alert(s, alert_id) is not None
+        outbox_t = Table("webhook_outbox", MetaData(), autoload_with=eng)
+        row = {"alert_id": alert_id, "target": "wh_a", "status": "pending", "created_at": now, "due_at": now}
+        with eng.begin() as conn:
+            conn.execute(insert(outbox_t).values(**row))
+        with pytest.raises(IntegrityError), eng.begin() as conn:  # one row per (alert, target)
+            conn.execute(insert(outbox_t).values(**row))
+        with pytest.raises(IntegrityError), eng.begin() as conn:  # statuses are checked
+            conn.execute(insert(outbox_t).values(**{**row, "target": "wh_b", "status": "sent"}))
+        with session_factory(eng)() as s:
+            (stored,) = list_deliveries(s)
+            assert (stored.alert_id, stored.target, stored.attempts, stored.due_at) == (alert_id, "wh_a", 0, now)
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with eng.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0005_extra_scalars_reopen")
+        assert current_revision(eng) == "0005_extra_scalars_reopen"
+        assert "webhook_outbox" not in inspect(eng).get_table_names()
+        with eng.connect() as conn:
+            assert conn.execute(text("SELECT id FROM alerts")).scalars().all() == [alert_id]
         assert upgrade(eng) == head_revision()  # and up again
     finally:
         eng.dispose()
