@@ -528,3 +528,18 @@ def test_a_killed_sidecar_process_loses_no_notification(tmp_path: Path, receiver
         engine.dispose()
     taken = sorted(json.loads(r["body"])["alert_id"] for r in receiver.taken())
     assert taken == alert_ids
+
+
+def test_fpmon_serve_refuses_a_bad_webhook_url_in_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A malformed FPMON_WEBHOOK_URLS stops ``fpmon serve`` with exit 2 and a one-line message naming the entry
+    (no traceback), before anything is bound or created."""
+    from typer.testing import CliRunner
+
+    from api.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FPMON_WEBHOOK_URLS", "hooks.example/b")
+    result = CliRunner().invoke(app, ["serve", "--database-url", f"sqlite:///{tmp_path / 'x.db'}"])
+    assert result.exit_code == 2, result.output
+    assert "fpmon serve:" in result.output and "'hooks.example/b' is not an absolute" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "x.db").exists()
