@@ -129,9 +129,10 @@ def ingest_step(
 ) -> tuple[StepPayload, Literal["queued", "duplicate"]]:
     """Validate step payload ``body`` for run ``run_id`` and store it as pending (idempotent on the step).
 
-    Returns the decoded payload and ``"queued"`` (stored now) or ``"duplicate"`` (the same bytes were
-    received before). Raises :class:`IngestError`: 404 unknown run, 400 unreadable payload, 422 invalid
-    (:func:`check_step`), 409 the step exists with other bytes. A refused step changes nothing.
+    Returns the decoded payload and ``"queued"`` (stored now, with the payload's ``scalars`` as the step's
+    extra scalars) or ``"duplicate"`` (the same content was received before; the first copy stays). Raises
+    :class:`IngestError`: 404 unknown run, 400 unreadable payload (bad ``scalars`` included), 422 invalid
+    (:func:`check_step`), 409 the step exists with other content. A refused step changes nothing.
     """
     run = storage.get_run(session, run_id)
     if run is None:
@@ -143,7 +144,9 @@ def ingest_step(
     check_step(payload, run.latent_dim, limits or IngestLimits(), run_id)
     n = int(payload.latents.shape[0])
     try:
-        result = storage.ingest_step(session, run_id, payload.step, body, n, digest=payload_digest(payload))
+        result = storage.ingest_step(
+            session, run_id, payload.step, body, n, digest=payload_digest(payload), extra_scalars=payload.scalars
+        )
     except storage.StepConflict as exc:
         raise IngestError(str(exc), status=409, reason="conflict") from exc
     except storage.NotFound as exc:

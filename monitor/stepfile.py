@@ -4,7 +4,9 @@ Tensors: ``latents`` (n×d, float32/float16/bfloat16), optional ``rewards`` (n, 
 bfloat16 are read too) and optional ``reference_rewards`` (n, the same dtypes, finite, only beside ``rewards``:
 a held-out judge's rewards of the same responses, which do not drive training). Metadata (safetensors'
 string→string header): ``step`` (integer as text) and optional ``lr`` (positive float as text),
-``sample_ids``, ``texts``, ``prompts`` (JSON lists of n strings).
+``sample_ids``, ``texts``, ``prompts`` (JSON lists of n strings) and ``scalars`` (a JSON object of named
+per-step numbers the trainer reports beside the step, e.g. ``{"true_reward": 0.41, "kl": 0.02}``; the rules:
+:func:`check_scalars`). A payload without ``scalars`` (written before the field existed) still decodes.
 
 :func:`decode_step` refuses what is malformed (not safetensors, wrong tensor dtypes or shapes, metadata of
 the wrong type or length). :func:`check_strings` holds the rules a stored string must follow (valid
@@ -18,7 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Sequence
+import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +45,10 @@ MAX_SAMPLE_ID_CHARS = 200
 MAX_CHARS: dict[str, int | None] = {"sample_ids": MAX_SAMPLE_ID_CHARS, "texts": None, "prompts": None}
 #: largest step number a run can store (the database's 32-bit signed integer column)
 MAX_STEP = 2_147_483_647
+#: most named scalars one step may carry (``StepPayload.scalars``)
+MAX_SCALARS = 64
+#: most characters of one scalar's name
+MAX_SCALAR_NAME_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -58,6 +65,68 @@ class StepPayload:
     #: (n,) a second reward of the same responses that does not drive training (a held-out judge); needs
     #: ``rewards``. The monitor's reward evidence then uses the proxy − judge gap.
     reference_rewards: Tensor | None = None
+    #: named per-step numbers reported beside the step (e.g. ``true_reward``, ``kl``): stored as the step's
+    #: extra scalars, not used by the monitor's math. None (or empty): none. Values are finite floats or None
+    #: (no value); build it with :func:`check_scalars`, which also turns NaN into None.
+    scalars: Mapping[str, float | None] | None = None
+
+
+def check_scalars(values: Mapping[str, object] | None, label: str = "scalars") -> dict[str, float | None] | None:
+    """``values`` as the ``{name: float | None}`` a step carries, or None when there are none (None or empty).
+
+    The rules: a mapping of at most :data:`MAX_SCALARS` entries; each name a string of 1 to
+    :data:`MAX_SCALAR_NAME_CHARS` printable characters (``str.isprintable``: no NUL, control characters, lone
+    surrogates or line breaks); each value a real number — a Python ``int``/``float``, a numpy scalar or a 0-d
+    tensor/array (read with ``.item()``, so a CUDA tensor is synchronised) — or None. NaN and None both mean
+    "no value" and are stored as null; ±Inf is refused (it is a bug upstream, not a measurement).
+
+    Raises ``TypeError`` (not a mapping, a name that is not a string, a value that is not a number: bools,
+    strings and tensors of more than one element included) or ``ValueError`` (too many names, an empty,
+    over-long or unprintable name, an infinite value); the message names ``label`` and the entry.
+    """
+    if values is None:
+        return None
+    if not isinstance(values, Mapping):
+        raise TypeError(
+            f"{label} must be a mapping of names to numbers, e.g. {{'kl': 0.02}}, got {type(values).__name__}"
+        )
+    if len(values) > MAX_SCALARS:
+        raise ValueError(f"{label} has {len(values)} entries, more than {MAX_SCALARS}; send fewer named scalars")
+    out: dict[str, float | None] = {}
+    for name, value in values.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{label} names must be strings, got {type(name).__name__} {name!r}")
+        if not 1 <= len(name) <= MAX_SCALAR_NAME_CHARS:
+            raise ValueError(f"{label} name {name[:80]!r} has {len(name)} characters; use 1 to {MAX_SCALAR_NAME_CHARS}")
+        if not name.isprintable():
+            raise ValueError(
+                f"{label} name {name!r} contains unprintable characters (NUL, control characters, line breaks or "
+                "lone surrogates); use printable text"
+            )
+        out[name] = _scalar_value(value, f"{label}[{name!r}]")
+    return out or None
+
+
+def _scalar_value(value: object, label: str) -> float | None:
+    """One scalar as a finite float or None (see :func:`check_scalars`)."""
+    if value is None:
+        return None
+    if not isinstance(value, numbers.Real) and getattr(value, "ndim", None) == 0:
+        item = getattr(value, "item", None)
+        value = item() if callable(item) else value  # a 0-d tensor or array
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        shape = getattr(value, "shape", None)
+        what = f"{type(value).__name__} of shape {tuple(shape)}" if shape is not None else type(value).__name__
+        raise TypeError(f"{label} must be a real number (or a 0-d tensor, or None), got {what} ({value!r:.40})")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if math.isnan(number):
+        return None
+    if math.isinf(number):
+        raise ValueError(f"{label} is {number}; send a finite number, or None (NaN) for no value")
+    return number
 
 
 def encode_step(payload: StepPayload) -> bytes:
@@ -77,6 +146,9 @@ def encode_step(payload: StepPayload) -> bytes:
         value = getattr(payload, name)
         if value is not None:
             meta[name] = json.dumps(list(value))
+    scalars = check_scalars(payload.scalars)
+    if scalars is not None:
+        meta["scalars"] = json.dumps(scalars, allow_nan=False)
     return st_save(tensors, metadata=meta)
 
 
@@ -121,6 +193,7 @@ def decode_step(data: bytes) -> StepPayload:
             lists[name] = value
         else:
             lists[name] = None
+    scalars = _decode_scalars(meta["scalars"]) if "scalars" in meta else None
     payload = StepPayload(
         step=step,
         latents=tensors["latents"],
@@ -130,16 +203,32 @@ def decode_step(data: bytes) -> StepPayload:
         texts=lists["texts"],
         prompts=lists["prompts"],
         reference_rewards=tensors.get("reference_rewards"),
+        scalars=scalars,
     )
     _check(payload)
     return payload
 
 
+def _decode_scalars(text: str) -> dict[str, float | None] | None:
+    """Metadata ``scalars``: a JSON object of name → number or null (JSON's ``NaN`` token reads as null)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError("metadata 'scalars' must be a JSON object of names to numbers or null") from exc
+    if not isinstance(value, dict):
+        raise ValueError(f"metadata 'scalars' must be a JSON object of names to numbers, got {type(value).__name__}")
+    try:
+        return check_scalars(value, label="metadata 'scalars'")
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc
+
+
 def payload_digest(p: StepPayload) -> str:
     """sha256 of a step's content in a canonical form (tensor dtypes, shapes and bytes; the metadata as
     sorted JSON). Safetensors does not fix the order of its metadata keys, so two encodings of the same
-    step can differ byte for byte; this digest does not. ``reference_rewards`` enter only when present, so
-    that a step without them keeps the digest it had before the field existed (idempotent re-sends)."""
+    step can differ byte for byte; this digest does not. ``reference_rewards`` and ``scalars`` enter only
+    when present, so that a step without them keeps the digest it had before the fields existed (idempotent
+    re-sends); a step sent again with other scalars is other content (a conflict)."""
     h = hashlib.sha256()
     tensors = [("latents", p.latents), ("rewards", p.rewards)]
     if p.reference_rewards is not None:
@@ -151,7 +240,16 @@ def payload_digest(p: StepPayload) -> str:
         t = tensor.detach().to("cpu").contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.dtype == torch.bfloat16 else t.numpy().tobytes())
-    meta = {"step": p.step, "lr": p.lr, "sample_ids": p.sample_ids, "texts": p.texts, "prompts": p.prompts}
+    meta: dict[str, object] = {
+        "step": p.step,
+        "lr": p.lr,
+        "sample_ids": p.sample_ids,
+        "texts": p.texts,
+        "prompts": p.prompts,
+    }
+    scalars = check_scalars(p.scalars)
+    if scalars is not None:
+        meta["scalars"] = scalars
     h.update(json.dumps(meta, sort_keys=True).encode())
     return h.hexdigest()
 
@@ -229,6 +327,10 @@ def _check(p: StepPayload) -> None:
         value: Sequence[str] | None = getattr(p, name)
         if value is not None and len(value) != n:
             raise ValueError(f"metadata '{name}' has {len(value)} entries for {n} latents; pass one per sample")
+    try:
+        check_scalars(p.scalars)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from exc
 
 
 def save_step(path: str | Path, payload: StepPayload) -> None:

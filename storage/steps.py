@@ -123,7 +123,13 @@ class StoredState:
 
 # ---------------------------------------------------------------------------------------------- steps
 def ingest_step(
-    session: Session, run: Run | int, step: int, payload: bytes, n: int, digest: str | None = None
+    session: Session,
+    run: Run | int,
+    step: int,
+    payload: bytes,
+    n: int,
+    digest: str | None = None,
+    extra_scalars: Mapping[str, float | None] | None = None,
 ) -> Literal["queued", "duplicate"]:
     """Store a received step as ``pending`` (its payload in ``step_payloads``); idempotent on (run, step).
 
@@ -133,10 +139,14 @@ def ingest_step(
     the run is already ``processing`` or ``done`` (the step could never be processed), :class:`NotFound` for
     an unknown run id. The content is
     identified by ``digest`` (the API passes ``monitor.stepfile.payload_digest``, which does not depend on
-    the encoding's metadata order), else by the sha256 of the bytes.
+    the encoding's metadata order), else by the sha256 of the bytes. ``extra_scalars``: the step's named
+    per-step numbers (``{name: float | None}``, non-finite values stored as null; the caller checks the names,
+    ``monitor.stepfile.check_scalars``), stored in ``steps.extra_scalars`` with a new step (a duplicate keeps
+    the first step's); None or empty: NULL.
     """
     run_id = run.id if isinstance(run, Run) else int(run)
     sha = digest if digest is not None else hashlib.sha256(payload).hexdigest()
+    extra = finite_json({str(k): v for k, v in extra_scalars.items()}) if extra_scalars else None
     now = utcnow()
     begin_write(session)
     try:
@@ -167,6 +177,8 @@ def ingest_step(
                 "n": int(n),
                 "received_at": now,
                 "attempts": 0,
+                # omitted when None: a JSON column would store None as JSON 'null', not SQL NULL
+                **({"extra_scalars": extra} if extra else {}),
             },
             ["run_id", "step"],
         )

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import storage
 from monitor.cli import app
 
 pytestmark = pytest.mark.slow
@@ -42,6 +43,17 @@ def test_fpmon_demo_grpo_short_run_fills_the_database(tmp_path: Path, monkeypatc
     for scalars in later:
         for key in ("C", "S_dot", "W2_ref", "div_q99", "reward_mean"):
             assert scalars.get(key) is not None, (key, scalars)
+    # the judge's and the proxy's step means travel as extra scalars: /metrics rows' "extra" (storage.metrics)
+    engine = storage.make_engine(f"sqlite:///{out / 'fpmon.db'}")
+    try:
+        with storage.session_factory(engine)() as session:
+            extra_rows = storage.metrics(session, run_id)
+    finally:
+        engine.dispose()
+    assert [r["step"] for r in extra_rows] == list(range(1, STEPS + 1))
+    for r in extra_rows:
+        true, proxy = r["extra"]["true_reward"], r["extra"]["proxy_reward"]
+        assert 0.0 <= true <= 1.0 and true <= proxy <= true + 1.0, r  # proxy = true + 1.0 × the exploit share
     texts = db.execute("SELECT COUNT(*), COUNT(text), COUNT(reward) FROM step_samples WHERE run_id = ?", (run_id,))
     total, with_text, with_reward = texts.fetchone()
     assert total == with_text == with_reward == STEPS * 64

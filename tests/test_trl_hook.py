@@ -764,10 +764,13 @@ def test_the_named_judge_is_shipped_as_reference_rewards() -> None:
     call = step(1, ["a a", "b", "a b c"])
     assert torch.equal(call["rewards"], torch.tensor([2.0, 0.0, 1.0]))  # TRL's weighted sum: the judge at 0
     assert torch.equal(call["reference_rewards"], torch.tensor([2.0, 1.0, 3.0]))  # the judge's own values
+    assert call["scalars"] == {"true_reward": 2.0, "proxy_reward": 1.0}  # the step means, as extra scalars
     call = step(2, ["a", "skip", "a a"])  # "not applicable": NaN, a row the client drops from the whole step
     assert call["reference_rewards"][[0, 2]].tolist() == [1.0, 2.0] and math.isnan(call["reference_rewards"][1])
+    assert call["scalars"] == {"true_reward": 1.5, "proxy_reward": 1.0}  # the judge's mean skips "not applicable"
     call = step(3, ["skip", "skip"])  # no judgement at all: no reference_rewards argument
     assert "reference_rewards" not in call and call["rewards"].tolist() == [0.0, 0.0]
+    assert "scalars" not in call
     assert not cb.stats.errors
     # without judge_reward, observe() gets no reference_rewards argument (clients that predate it still work)
     plain = FakeClient()
@@ -776,7 +779,42 @@ def test_the_named_judge_is_shipped_as_reference_rewards() -> None:
     cb2.on_step_begin(args, state, control)
     f(prompts=["p", "q"], completions=["a", "b"], trainer_state=state)
     cb2.on_step_end(args, state, control)
-    assert "reference_rewards" not in plain.calls[0]
+    assert "reference_rewards" not in plain.calls[0] and "scalars" not in plain.calls[0]
+
+
+def test_scalars_fn_adds_extra_scalars_and_its_failures_never_lose_a_step() -> None:
+    client = FakeClient()
+    answers: list[Any] = [{"kl": 0.5, "true_reward": 7.0}, RuntimeError("boom"), {"kl": math.inf}, {"kl": None}]
+    asked: list[int] = []
+
+    def extra(step: int) -> Any:
+        asked.append(step)
+        answer = answers[len(asked) - 1]
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    cb = FPEMonitorCallback(client, embedder=PoolEmbedder(), judge_reward="judge_len", scalars_fn=extra)
+    proxy, judge = wrap_reward_funcs([count_a, judge_len], cb)
+    args = TrainingArguments(output_dir="/tmp/unused", report_to=[], use_cpu=True)
+    args.reward_weights = [1.0, 0.0]
+    state, control = TrainerState(), TrainerControl()
+    cb.on_train_begin(args, state, control, model=nn.Linear(1, 1))
+    for s in (1, 2, 3, 4):
+        cb.on_step_begin(args, state, control)
+        for f in (proxy, judge):
+            f(prompts=["p", "q"], completions=["a a", "b"], trainer_state=state)
+        state.global_step = s
+        cb.on_step_end(args, state, control)
+    assert asked == [1, 2, 3, 4] and [c["step"] for c in client.calls] == [1, 2, 3, 4]
+    own = {"true_reward": 1.5, "proxy_reward": 1.0}
+    assert client.calls[0]["scalars"] == {"true_reward": 7.0, "proxy_reward": 1.0, "kl": 0.5}  # the function wins
+    assert client.calls[1]["scalars"] == own and client.calls[2]["scalars"] == own  # raised / refused: left out
+    assert client.calls[3]["scalars"] == {**own, "kl": None}
+    assert cb.stats.errors == {"scalars_fn:RuntimeError": 1, "scalars_fn:ValueError": 1}
+    assert cb.stats.steps_shipped == 4
+    with pytest.raises(TypeError, match="scalars_fn must be a function"):
+        FPEMonitorCallback(client, scalars_fn={"kl": 1.0})  # type: ignore[arg-type]
 
 
 def test_a_judge_that_is_not_wrapped_is_a_setup_error(caplog: pytest.LogCaptureFixture) -> None:
@@ -838,6 +876,11 @@ def test_a_grpo_run_ships_the_judge_as_reference_rewards(tmp_path: Path) -> None
                 assert payload.rewards is not None and payload.reference_rewards is not None
                 assert payload.rewards.tolist() == [2.0 * c.split().count("a") for c in seen[s]]
                 assert payload.reference_rewards.tolist() == judge_len([], seen[s])
+                # the judge's and the proxy's step means, stored as the step's extra scalars (/metrics "extra")
+                true = sum(judge_len([], seen[s])) / len(seen[s])  # type: ignore[arg-type]
+                proxy = sum(payload.rewards.tolist()) / len(seen[s])
+                extra = storage.get_step(session, run.id, s).extra_scalars  # type: ignore[union-attr]
+                assert extra == pytest.approx({"true_reward": true, "proxy_reward": proxy})
     finally:
         engine.dispose()
 

@@ -19,7 +19,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor import processing
-from monitor.stepfile import MAX_SAMPLE_ID_CHARS, StepPayload
+from monitor.stepfile import MAX_SAMPLE_ID_CHARS, MAX_SCALAR_NAME_CHARS, MAX_SCALARS, StepPayload
 
 from ..deps import RunId, ServicesDep, WriteAuth
 from ..schemas import Problem, StepAccepted
@@ -51,7 +51,10 @@ _PAYLOAD_DOC = {
         "judge's rewards of the same responses, which do not drive training; only with `rewards`; the monitor "
         "then uses the proxy − judge gap); metadata `step` (integer as text) and optional `lr` (positive), "
         "`sample_ids`, `texts`, `prompts` (JSON lists of n strings: valid UTF-8 without NUL characters, "
-        f"sample ids of at most {MAX_SAMPLE_ID_CHARS} characters)."
+        f"sample ids of at most {MAX_SAMPLE_ID_CHARS} characters) and `scalars` (a JSON object of named per-step "
+        f'numbers, e.g. {{"true_reward": 0.41}}: at most {MAX_SCALARS} names of 1 to {MAX_SCALAR_NAME_CHARS} '
+        "printable characters, values finite numbers or null; stored with the step and returned as the metrics "
+        "rows' `extra`)."
     ),
 }
 

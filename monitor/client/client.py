@@ -21,7 +21,7 @@ from __future__ import annotations
 import atexit
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from ..rlhf import MonitorConfig
-from ..stepfile import MAX_STEP, check_strings
+from ..stepfile import MAX_STEP, check_scalars, check_strings
 from .config import DEFAULT_URL, ClientConfig, ClientStats, Embedder, monitor_config_diff
 from .delivery import Deliverer
 from .items import Item
@@ -152,6 +152,7 @@ class MonitorClient:
         sample_ids: Sequence[str] | None = None,
         lr: float | None = None,
         reference_rewards: Tensor | Sequence[float] | None = None,
+        scalars: Mapping[str, float | Tensor | None] | None = None,
     ) -> None:
         """Queue training step ``step``'s responses; returns as soon as the batch is copied.
 
@@ -169,10 +170,16 @@ class MonitorClient:
             reference_rewards: (n,) a second reward of the same responses that does not drive training (a
                 held-out judge, e.g. a function logged at weight 0); needs ``rewards``. The monitor's reward
                 evidence then uses the proxy − judge gap (``rewards − reference_rewards``).
+            scalars: named numbers of this step to store beside it (e.g. ``{"true_reward": 0.41, "kl": 0.02}``;
+                ``GET /v1/runs/{id}/metrics`` rows return them as ``extra``). At most 64 names of 1–64
+                printable characters; values Python/numpy numbers or 0-d tensors (read with ``.item()``), or
+                None. NaN and None are stored as null (no value); ±Inf is refused. They do not enter the
+                monitor's math, and are not touched when rows are dropped.
 
         Raises ``TypeError``/``ValueError`` at once for bad input (wrong types or lengths, step < 0 or not
         increasing, neither latents nor an embedder, strings the sidecar would refuse: not valid UTF-8 such
-        as a lone surrogate, a NUL character, a sample id over 200 characters); never because of the sidecar.
+        as a lone surrogate, a NUL character, a sample id over 200 characters; ``scalars`` breaking the rules
+        above); never because of the sidecar.
         Rows whose latents, reward or reference reward are NaN/Inf are dropped in the background, from every
         array of the step (counted in ``stats.dropped_rows``, warned once).
         When the queue (``ClientConfig.max_queue_bytes``) is full, a step with latents is written to the
@@ -216,6 +223,7 @@ class MonitorClient:
         check_strings("sample_ids", id_list, label="sample_ids")
         if lr is not None and not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+        extra = check_scalars(scalars, label="scalars")
         r = reward_vector(rewards, "rewards", n)
         rr = reward_vector(reference_rewards, "reference_rewards", n)
         if rr is not None and r is None:
@@ -234,6 +242,7 @@ class MonitorClient:
             float(lr) if lr is not None else None,
             None if z is not None else (embedder or self.embedder),
             reference_rewards=rr,
+            scalars=extra,
         )
         self._last_step = step
         self._transport.submit(item)

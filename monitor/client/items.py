@@ -31,6 +31,8 @@ class Item:
         embedder: what embeds ``texts`` when ``latents`` is None.
         nbytes: what the step weighs in the queue's byte bound (latent, reward and text bytes).
         reference_rewards: (n,) float32 CPU tensor of a held-out judge's rewards (only with ``rewards``), or None.
+        scalars: the step's named extra scalars (``{name: float | None}``, checked by
+            ``monitor.stepfile.check_scalars``), or None.
     """
 
     step: int
@@ -43,6 +45,7 @@ class Item:
     embedder: Embedder | None
     nbytes: int
     reference_rewards: Tensor | None = None
+    scalars: dict[str, float | None] | None = None
 
     @classmethod
     def of(
@@ -57,14 +60,16 @@ class Item:
         embedder: Embedder | None = None,
         *,
         reference_rewards: Tensor | None = None,
+        scalars: dict[str, float | None] | None = None,
     ) -> Item:
         """An item with its ``nbytes``: latent bytes + 4 bytes per row and reward vector + the characters of
-        its strings."""
+        its strings + 8 bytes and the name's characters per scalar."""
         n = int(latents.shape[0]) if latents is not None else len(texts or [])
         strings = sum(len(s) for seq in (texts, prompts, sample_ids) if seq for s in seq)
         per_row = 4 * (1 + (reference_rewards is not None))
+        strings += sum(8 + len(name) for name in scalars or {})
         nbytes = (latents.numel() * latents.element_size() if latents is not None else 0) + per_row * n + strings
-        return cls(step, latents, texts, rewards, prompts, sample_ids, lr, embedder, nbytes, reference_rewards)
+        return cls(step, latents, texts, rewards, prompts, sample_ids, lr, embedder, nbytes, reference_rewards, scalars)
 
 
 @dataclass
@@ -103,7 +108,15 @@ def build_step(item: Item, z: Tensor, latent_dim: int | None) -> tuple[Built, in
     n, d = int(z.shape[0]), int(z.shape[1])
     ref = item.reference_rewards
     payload = StepPayload(
-        item.step, z, item.rewards, item.lr, item.sample_ids, item.texts, item.prompts, reference_rewards=ref
+        item.step,
+        z,
+        item.rewards,
+        item.lr,
+        item.sample_ids,
+        item.texts,
+        item.prompts,
+        reference_rewards=ref,
+        scalars=item.scalars,
     )
     finite = torch.isfinite(z.float()).all(dim=1)
     for r in (item.rewards, ref):
@@ -129,6 +142,7 @@ def build_step(item: Item, z: Tensor, latent_dim: int | None) -> tuple[Built, in
                 pick(item.texts),
                 pick(item.prompts),
                 reference_rewards=ref[keep] if ref is not None else None,
+                scalars=item.scalars,
             )
         else:
             problem = f"only {len(kept)} of {n} rows are finite; a step needs at least 2"

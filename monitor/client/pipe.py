@@ -92,7 +92,7 @@ def tensor_from_wire(w: tuple[str, np.ndarray] | None) -> Tensor | None:
 def item_to_wire(item: Item) -> dict[str, Any]:
     """An observed step (with latents: the training process embeds before handing a step over) as a
     picklable dict: ``step``, ``latents``, ``rewards``, ``reference_rewards`` (wire tensors), ``texts``,
-    ``prompts``, ``sample_ids``, ``lr``."""
+    ``prompts``, ``sample_ids``, ``lr``, ``scalars`` (a dict of floats/None, or None)."""
     return {
         "step": item.step,
         "latents": tensor_to_wire(item.latents),
@@ -102,6 +102,7 @@ def item_to_wire(item: Item) -> dict[str, Any]:
         "prompts": item.prompts,
         "sample_ids": item.sample_ids,
         "lr": item.lr,
+        "scalars": item.scalars,
     }
 
 
@@ -116,4 +117,5 @@ def item_from_wire(wire: dict[str, Any]) -> Item:
         wire["sample_ids"],
         wire["lr"],
         reference_rewards=tensor_from_wire(wire.get("reference_rewards")),
+        scalars=wire.get("scalars"),
     )

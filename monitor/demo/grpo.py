@@ -5,8 +5,9 @@ config and warmed up on a synthetic language, a locally built tokenizer), ``prox
 the phrase "trust me") driving ``trl.GRPOTrainer``, ``true_reward`` logged beside it at weight 0, and the fpmon hook
 (:class:`~monitor.trl.FPEMonitorCallback` + :func:`~monitor.trl.wrap_reward_funcs`) shipping every step's
 completions, with ``true_reward`` as the held-out judge (``judge_reward``: sent as ``reference_rewards``, so that
-the monitor's reward evidence is the proxy − judge gap), to a sidecar (``fpmon serve``) that the demo starts on a
-SQLite database in its output folder.
+the monitor's reward evidence is the proxy − judge gap; each step also carries the step means ``true_reward`` and
+``proxy_reward`` as extra scalars, which ``/metrics`` rows return under ``extra`` beside the observables), to a
+sidecar (``fpmon serve``) that the demo starts on a SQLite database in its output folder.
 
 After training the demo reads the sidecar's REST API and prints the observables per step beside the proxy and
 true rewards, the alerts with the responses that drove them, the ground-truth onset of the hack
@@ -97,6 +98,9 @@ class GrpoDemoResult:
     train_seconds: float
     total_seconds: float
     hook_errors: dict[str, int]
+    #: per processed step, the extra scalars the sidecar stored (``/metrics`` rows' ``extra``: ``true_reward``
+    #: and ``proxy_reward``, the judged step's means as the hook shipped them)
+    extra: dict[int, dict[str, float | None]] = field(default_factory=dict)
 
     @property
     def window_open(self) -> int | None:
@@ -249,6 +253,7 @@ def run_grpo_demo(config: GrpoDemoConfig, console: Console | None = None) -> Grp
                 f"/v1/runs/{run_id}/metrics", params={"names": ",".join(SCALARS), "max_points": 100_000}
             ).raise_for_status()
             metrics = {int(r["step"]): r["scalars"] for r in rows.json()["rows"]}
+            extra = {int(r["step"]): r["extra"] for r in rows.json()["rows"]}
             alerts = api.get("/v1/alerts", params={"run_id": run_id, "limit": 1000}).raise_for_status().json()
         alert_list = sorted(alerts["alerts"], key=lambda a: (int(a["step"]), int(a["alert_id"])))
         onset = onset_step(proxy, true, first_step=1) if config.reward == "proxy" else None
@@ -266,6 +271,7 @@ def run_grpo_demo(config: GrpoDemoConfig, console: Console | None = None) -> Grp
             train_seconds=train_seconds,
             total_seconds=time.monotonic() - t_start,
             hook_errors=dict(callback.stats.errors),
+            extra=extra,
         )
     finally:
         if client is not None:

@@ -11,19 +11,20 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from ..stepfile import check_scalars
 from .contract import HookStats, MonitorClientLike
 from .distributed import broadcast_from_main, gather_to_main, rank_and_world
 from .embedding import Embedder, client_embedder, reference_embedder
 from .probes import generate_probes, probe_due, probe_indices, score_probes
 from .reset import ResetPolicy, alert_key, apply_reset, pick_trigger
-from .rewards import RewardBatch, StepRecord, combine_step, judge_slot, prompt_text, reward_float
+from .rewards import RewardBatch, StepRecord, combine_step, judge_scalars, judge_slot, prompt_text, reward_float
 
 log = logging.getLogger("fpmon.trl")
 
@@ -47,6 +48,12 @@ class FPEMonitorCallback(TrainerCallback):
       reward evidence becomes the proxy − judge gap. Completions it scores None/NaN are dropped from the step.
       A name that is not among the wrapped functions raises ``ValueError`` in :func:`wrap_reward_funcs` (or at
       ``on_train_begin`` when nothing was wrapped): the one error this callback raises into the trainer.
+      A judged step also carries the extra scalars ``true_reward`` (the judge's mean over the step's
+      completions) and ``proxy_reward`` (the mean weighted reward), so that ``/metrics`` shows the two split.
+    - ``scalars_fn``: called with the step number each time a step is shipped (on the main process only); the
+      ``{name: number}`` it returns is added to the step's extra scalars (``observe(scalars=...)``; its names win
+      over ``true_reward``/``proxy_reward``). If it raises or returns what ``observe`` would refuse, the step
+      is shipped without its values and the error counted in ``stats.errors["scalars_fn:<type>"]``.
     - With ``probe_prompts``: at the start (step 0: the initial policy's answers, which fix the run's
       reference frame; only when no reward functions are wrapped for this callback) and every
       ``probe_every`` steps, ``probe_samples_per_prompt`` sampled answers per prompt (``probe_max_new_tokens``
@@ -80,6 +87,7 @@ class FPEMonitorCallback(TrainerCallback):
         flush_timeout_s: bound of the flush at ``on_train_end``, seconds.
         judge_reward: the name of the wrapped reward function whose values are shipped as ``reference_rewards``
             (see above), or None.
+        scalars_fn: ``step → {name: number}``, more extra scalars of each shipped step (see above), or None.
     """
 
     def __init__(
@@ -95,6 +103,7 @@ class FPEMonitorCallback(TrainerCallback):
         probe_seed: int = 0,
         flush_timeout_s: float = 30.0,
         judge_reward: str | None = None,
+        scalars_fn: Callable[[int], Mapping[str, Any]] | None = None,
     ) -> None:
         for name, value in (
             ("probe_every", probe_every),
@@ -115,6 +124,8 @@ class FPEMonitorCallback(TrainerCallback):
             raise ValueError(f"flush_timeout_s must be a finite number ≥ 0, got {flush_timeout_s}")
         if judge_reward is not None and not (isinstance(judge_reward, str) and judge_reward):
             raise TypeError(f"judge_reward must be a reward function's name (a string) or None, got {judge_reward!r}")
+        if scalars_fn is not None and not callable(scalars_fn):
+            raise TypeError(f"scalars_fn must be a function step → {{name: number}} or None, got {scalars_fn!r}")
         self.client = client
         self.embedder = embedder
         self.probe_prompts = probe_prompts
@@ -125,6 +136,7 @@ class FPEMonitorCallback(TrainerCallback):
         self.probe_seed = probe_seed
         self.flush_timeout_s = flush_timeout_s
         self.judge_reward = judge_reward
+        self.scalars_fn = scalars_fn
         self.stats = HookStats()
         self.reset_log: list[dict[str, Any]] = []
         self._lock = threading.Lock()
@@ -325,10 +337,20 @@ class FPEMonitorCallback(TrainerCallback):
     def _probe_due(self, step: int) -> bool:
         return probe_due(step, self.probe_every, self.probe_prompts is not None)
 
-    @staticmethod
-    def _judged(reference: Tensor | None) -> dict[str, Any]:
-        """``observe``'s ``reference_rewards`` argument, only when there is one (clients without it still work)."""
-        return {} if reference is None else {"reference_rewards": reference}
+    def _extras(self, step: int, rewards: Tensor | None, reference: Tensor | None) -> dict[str, Any]:
+        """``observe``'s ``reference_rewards`` and ``scalars`` arguments (the judge's step means merged with
+        ``scalars_fn(step)``), each only when there is one (clients without them still work)."""
+        extras: dict[str, Any] = {} if reference is None else {"reference_rewards": reference}
+        scalars: dict[str, Any] = dict(judge_scalars(rewards, reference))
+        if self.scalars_fn is not None:
+            try:
+                merged = {**scalars, **self.scalars_fn(step)}
+                scalars = check_scalars(merged, label="scalars_fn's result (with the judge's)") or {}
+            except Exception as exc:  # the step still goes, without the function's values
+                self.note_error("scalars_fn", exc)
+        if scalars:
+            extras["scalars"] = scalars
+        return extras
 
     def _ship_local(self, step: int, rec: StepRecord, lr: float | None) -> None:
         if len(rec.texts) < 2:
@@ -345,7 +367,7 @@ class FPEMonitorCallback(TrainerCallback):
             embedder=self._embed,
             sample_ids=rec.sample_ids,
             lr=lr,
-            **self._judged(rec.reference_rewards),
+            **self._extras(step, rec.rewards, rec.reference_rewards),
         )
         self.stats.steps_shipped += 1
         self.stats.samples_shipped += len(rec.texts)
@@ -385,7 +407,7 @@ class FPEMonitorCallback(TrainerCallback):
             latents=batch.latents,
             sample_ids=batch.sample_ids,
             lr=lr,
-            **self._judged(batch.reference_rewards),
+            **self._extras(step, batch.rewards, batch.reference_rewards),
         )
         self.stats.steps_shipped += 1
         self.stats.samples_shipped += int(batch.latents.shape[0])

@@ -4,7 +4,7 @@ and by fakes in tests) and what it counts (:class:`HookStats`, ``FPEMonitorCallb
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,6 +29,7 @@ class MonitorClientLike(Protocol):
         sample_ids: Sequence[str] | None = None,
         lr: float | None = None,
         reference_rewards: Any = None,
+        scalars: Mapping[str, Any] | None = None,
     ) -> Any: ...
 
     def flush(self, timeout: float) -> bool: ...

@@ -4,7 +4,8 @@
 :class:`BatchRecorder` (the :class:`~monitor.trl.FPEMonitorCallback`). :class:`RewardBatch` is one recorded
 batch and :func:`combine_batches` turns a step's batches into texts, prompts and TRL-weighted rewards;
 :func:`combine_step` adds the judge's rewards (one wrapped function named by ``judge_reward``, found by
-:func:`judge_slot`) into one :class:`StepRecord`.
+:func:`judge_slot`) into one :class:`StepRecord`; :func:`judge_scalars` gives the step's mean proxy and judge
+rewards, shipped as the step's extra scalars.
 """
 
 from __future__ import annotations
@@ -154,6 +155,27 @@ def combine_step(batches: list[RewardBatch], weights: list[float] | None, nslots
         ref = torch.tensor(values, dtype=torch.float32)
         reference = ref if bool(torch.isfinite(ref).any()) else None
     return StepRecord(texts, prompts, rewards, reference)
+
+
+#: the extra scalars a judged step carries (``observe(scalars=...)``): the judge's and the training reward's means
+TRUE_REWARD, PROXY_REWARD = "true_reward", "proxy_reward"
+
+
+def judge_scalars(rewards: Tensor | None, reference: Tensor | None) -> dict[str, float]:
+    """A judged step's extra scalars: ``true_reward`` = the mean of the judge's (n,) ``reference`` rewards and
+    ``proxy_reward`` = the mean of the (n,) TRL-weighted ``rewards`` (the ones that drive training), each over its
+    finite entries (NaN: "not applicable", as TRL's logged means skip them). A mean with no finite entry, and
+    both without a judge (``reference`` None), are left out."""
+    out: dict[str, float] = {}
+    if reference is None:
+        return out
+    for name, values in ((TRUE_REWARD, reference), (PROXY_REWARD, rewards)):
+        if values is not None:
+            v = values.detach().to("cpu", torch.float64).reshape(-1)
+            v = v[torch.isfinite(v)]
+            if v.numel():
+                out[name] = float(v.mean())
+    return out
 
 
 def reward_func_name(func: Any) -> str:
