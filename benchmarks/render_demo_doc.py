@@ -148,7 +148,8 @@ def run_demo(args: list[str], timeout_s: float = 1800) -> tuple[str, str]:
     """``fpmon demo ARGS`` (this interpreter, this checkout's code) in a temporary folder; returns its standard
     output and the folder. Raises RuntimeError with the end of its output when it fails."""
     folder = tempfile.mkdtemp(prefix="fpmon-demo-doc-")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": COLUMNS}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "COLUMNS": COLUMNS}
     env = {k: v for k, v in env.items() if not k.startswith("FPMON_")}
     proc = subprocess.run(
         [sys.executable, "-m", "api.cli", "demo", *args],
