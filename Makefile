@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser postgres demo test lint typecheck pytest bench bench-sidecar bench-hook bench-detection validate clean
+.PHONY: install browser postgres demo docs-demo test lint typecheck pytest bench bench-sidecar bench-hook bench-detection validate clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV_FLAGS) $(VENV)
@@ -30,6 +30,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/fpmon demo
+
+# docs/demo.md's output block, from a real run of `fpmon demo` (benchmarks/render_demo_doc.py)
+docs-demo: $(STAMP)
+	$(BIN)/python benchmarks/render_demo_doc.py
 
 # ruff, then the import contracts of docs/architecture.md ([tool.importlinter] in pyproject.toml)
 lint: $(STAMP)

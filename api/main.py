@@ -15,7 +15,7 @@ from .deps import Services
 from .errors import install_error_handlers, problem_openapi
 from .metrics import Metrics
 from .notify import Notifier
-from .routes import alerts, export, health, review, runs, steps
+from .routes import alerts, docs, export, health, review, runs, steps
 from .schemas import Problem
 from .security import FrontDoor, SecurityHeaders, install_access_log_redaction, internal_error_with_headers
 from .settings import Settings
@@ -81,6 +81,8 @@ def create_app(settings: Settings | None = None, start_workers: bool = True) -> 
         version="0.1.0",
         description="Fokker–Planck monitoring of RLHF runs: ingest step latents, query observables and alerts.",
         lifespan=lifespan,
+        docs_url=None,  # Swagger UI is served offline by api.routes.docs
+        redoc_url=None,  # ReDoc's bundle is not packaged: not served (docs/sidecar.md)
     )
     app.state.services = services
     app.state.workers = []
@@ -88,7 +90,7 @@ def create_app(settings: Settings | None = None, start_workers: bool = True) -> 
     services.metrics.watch_database(
         services.sessions, lambda: sum(1 for w in getattr(app.state, "workers", []) if w.is_ready())
     )
-    for module in (runs, steps, alerts, review, health, export):
+    for module in (runs, steps, alerts, review, health, export, docs):
         app.include_router(module.router)
     review.mount_review_page(app, settings)
     # errors in one shape (RFC 9457 problem details), in the answers and in the OpenAPI document

@@ -104,17 +104,9 @@ PAGE_CSP = (
     "style-src-attr 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; font-src 'self'; "
     "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
 )
-#: /docs (Swagger UI) and /redoc load their scripts, styles and fonts from CDNs and start with an inline script
-DOCS_CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-    "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
-    "font-src 'self' https://fonts.gstatic.com; worker-src 'self' blob:; connect-src 'self'; "
-    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
-)
+#: /docs (Swagger UI, api.routes.docs) sets its own policy: this origin only, and its inline script by nonce
 #: everything else is data (JSON, metrics, problems): nothing in it may load or run anything
 API_CSP = "default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 COMMON_HEADERS = (
     ("x-frame-options", "DENY"),
     ("x-content-type-options", "nosniff"),
@@ -124,12 +116,7 @@ COMMON_HEADERS = (
 
 def security_headers(path: str) -> list[tuple[str, str]]:
     """The security headers of a response to ``path``."""
-    if path in DOCS_PATHS:
-        csp = DOCS_CSP
-    elif path == "/" or path.startswith("/review/"):
-        csp = PAGE_CSP
-    else:
-        csp = API_CSP
+    csp = PAGE_CSP if path == "/" or path.startswith("/review/") else API_CSP
     return [("content-security-policy", csp), *COMMON_HEADERS]
 
 

@@ -120,9 +120,10 @@ def analyze(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write every step's scalars and alerts.")] = None,
     warmup: Annotated[int, typer.Option(help="Warm-up steps (no alert before).")] = 10,
 ) -> None:
-    """Run RLHFMonitor over saved step files (in step order) and print the observables and alerts."""
+    """Run RLHFMonitor over saved step files (in step order) and print the observables and alerts; the warm-up
+    rows are rescaled to the calibrated D₀, as the sidecar stores them."""
     from .demo.particles import observables_table
-    from .rlhf import MonitorConfig, RLHFMonitor
+    from .rlhf import MonitorConfig, RLHFMonitor, with_recalibration
 
     console = _console()
     from .stepfile import load_step
@@ -151,6 +152,8 @@ def analyze(
                 reference_rewards=p.reference_rewards,
             )
         )
+    # the warm-up rows rescaled to the calibrated D₀, as the sidecar stores them
+    reports = with_recalibration(reports)
     console.print(observables_table(reports, steps, f"{len(steps)} steps"))
     for rep in reports:
         if rep.alert:

@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 import storage
+from benchmarks.render_demo_doc import structure_differences
 from monitor.cli import app
 
 pytestmark = pytest.mark.slow
@@ -28,6 +29,7 @@ def test_fpmon_demo_grpo_short_run_fills_the_database(tmp_path: Path, monkeypatc
     assert "Per step: rewards (TRL) and observables (sidecar)" in result.output
     assert f"fpmon serve --database-url sqlite:///{out / 'fpmon.db'}" in result.output
     assert "Hook errors" not in result.output
+    assert not (drift := structure_differences(result.output)), drift  # docs/demo.md shows what the demo prints
 
     db = sqlite3.connect(out / "fpmon.db")
     runs = db.execute("SELECT id, name, latent_dim, steps_processed FROM runs").fetchall()

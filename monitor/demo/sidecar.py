@@ -53,6 +53,8 @@ class SidecarProcess:
         upgrade_schema: run ``fpmon db upgrade`` on the database before each start (a fresh SQLite file works).
             Without it the server refuses a database whose schema is not at the code's revision.
         serve_args: further ``fpmon serve`` options, e.g. ``("--device", "cpu")``.
+        fpmon_command: the ``fpmon`` command to run, e.g. ``("/venv/bin/fpmon",)`` (an installed console
+            script); default ``python -m api.cli`` with this interpreter.
 
     ``proc`` is the running ``subprocess.Popen`` (None before :meth:`start`). :meth:`start` can be called again
     after :meth:`stop` or :meth:`kill`: same port, same database.
@@ -71,6 +73,7 @@ class SidecarProcess:
         cpus: Collection[int] | None = None,
         upgrade_schema: bool = True,
         serve_args: Sequence[str] = (),
+        fpmon_command: Sequence[str] | None = None,
     ) -> None:
         self.database_url = database_url
         self.log_path = Path(log_path)
@@ -84,10 +87,11 @@ class SidecarProcess:
         self.cpus = frozenset(cpus) if cpus else None
         self.upgrade_schema = upgrade_schema
         self.serve_args = tuple(serve_args)
+        self.fpmon_command = tuple(fpmon_command or (sys.executable, "-m", FPMON_MODULE))
         self.proc: subprocess.Popen[bytes] | None = None
 
     def _command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", FPMON_MODULE, *args]
+        return [*self.fpmon_command, *args]
 
     def _popen(self, cmd: list[str]) -> subprocess.Popen[bytes]:
         cpus = self.cpus

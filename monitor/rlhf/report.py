@@ -1,12 +1,13 @@
 """What :meth:`RLHFMonitor.observe <monitor.rlhf.RLHFMonitor.observe>` returns: :class:`StepReport`, the
 :class:`Alert` it may carry, the reviewer's view of a sample (:class:`SampleRef`), and the alert types with
-their :data:`RECOMMENDATIONS`.
+their :data:`RECOMMENDATIONS`; :func:`with_recalibration`: a run's reports as a sidecar stores them.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 from torch import Tensor
@@ -120,3 +121,22 @@ class StepReport:
     evidence: dict[str, float] = field(default_factory=dict)
     evidence_threshold: float = math.nan
     witness: Tensor | None = None
+
+
+def with_recalibration(reports: Iterable[StepReport]) -> list[StepReport]:
+    """The reports of one run (in the order observed) with their scalars as the sidecar stores them: a report's
+    ``recalibrated`` entries (the warm-up steps rescaled to the calibrated D₀, at the step that finishes the
+    calibration) replace the scalars of the earlier reports they name, and of that step itself, exactly as
+    ``storage.complete_step(rescaled=report.recalibrated)`` replaces the stored rows. Offline tools
+    (``fpmon analyze``) use it so that their warm-up rows agree with the sidecar's. Other fields are kept;
+    the returned reports are copies (the inputs are not changed)."""
+    out: list[StepReport] = []
+    position: dict[int, int] = {}
+    for report in reports:
+        position[report.step] = len(out)
+        out.append(report)
+        for step, scalars in report.recalibrated:
+            if step in position:
+                i = position[step]
+                out[i] = replace(out[i], scalars=dict(scalars))
+    return out
