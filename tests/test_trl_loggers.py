@@ -78,8 +78,11 @@ def alert(alert_id: int, step: int) -> dict[str, Any]:
     }
 
 
-def run_trainer(tmp_path: Path, callbacks: list[TrainerCallback], max_steps: int, **kw: Any) -> Any:
-    """A plain ``Trainer`` on the tiny Llama (language modelling of fixed token rows): fast, no generation."""
+def run_trainer(
+    tmp_path: Path, callbacks: list[TrainerCallback], max_steps: int, added: TrainerCallback | None = None, **kw: Any
+) -> Any:
+    """A plain ``Trainer`` on the tiny Llama (language modelling of fixed token rows): fast, no generation.
+    ``added``: a callback added with ``trainer.add_callback`` after construction."""
     from datasets import Dataset
     from transformers import Trainer
 
@@ -91,6 +94,8 @@ def run_trainer(tmp_path: Path, callbacks: list[TrainerCallback], max_steps: int
         train_dataset=Dataset.from_dict({"input_ids": rows, "labels": rows}),
         callbacks=callbacks,
     )
+    if added is not None:
+        trainer.add_callback(added)
     trainer.train()
     return trainer
 
@@ -136,6 +141,19 @@ def test_the_callback_moves_before_the_integrations() -> None:
         PrinterCallback,
     ]
     assert not place_before_loggers(callbacks, FPEMonitorCallback(FakeClient()))  # not in the list: untouched
+
+
+def test_a_callback_added_after_construction_still_reaches_tensorboard(tmp_path: Path) -> None:
+    from transformers.integrations import TensorBoardCallback
+
+    client = ScheduledClient({2: [alert(1, 1)]}, latest=LatestStep(1, {"W2_ref": 0.75}))
+    cb = FPEMonitorCallback(client, embedder=no_embedder)
+    trainer = run_trainer(tmp_path, [Scheduler(client)], max_steps=3, added=cb, report_to=["tensorboard"])
+    order = [type(c) for c in trainer.callback_handler.callbacks]
+    assert cb.trainer_logs.placed and order.index(FPEMonitorCallback) < order.index(TensorBoardCallback)
+    tags = read_scalars(tmp_path / "out")
+    assert tags["train/fpmon/W2_ref"] == {1: 0.75, 2: 0.75, 3: 0.75}
+    assert tags["train/fpmon/alerts"] == {1: 0.0, 2: 1.0, 3: 1.0}
 
 
 def test_alerts_from_before_a_resume_are_not_announced(caplog: pytest.LogCaptureFixture) -> None:
@@ -288,7 +306,7 @@ def test_tensorboard_records_the_fpmon_values_of_a_grpo_run(tmp_path: Path) -> N
         trainer.train()
     finally:
         client.close()
-    assert trainer.state.global_step == 4 and not cb.stats.errors
+    assert trainer.state.global_step == 4 and not cb.stats.errors and cb.trainer_logs.placed
     tags = read_scalars(tmp_path / "out")
     stored = stored_scalars(database_url, "grpo-tensorboard")
     assert tags["train/fpmon/processed_step"] == {s: float(s) for s in (1, 2, 3, 4)}

@@ -360,7 +360,11 @@ class RunSink:
             if key not in self._seen_alerts:
                 self._seen_alerts.add(key)
                 log.warning(
-                    "fpmon alert %s at step %s: %s", a.get("type"), a.get("step"), "; ".join(a.get("reasons") or [])
+                    "fpmon alert %s at step %s: %s%s",
+                    a.get("type"),
+                    a.get("step"),
+                    "; ".join(a.get("reasons") or []),
+                    f" - review: {self.url}/#/alerts/{key}" if self.url else "",
                 )
         return alerts
 

@@ -95,7 +95,11 @@ def is_reporting_integration(callback: TrainerCallback) -> bool:
 
 def place_before_loggers(callbacks: list[TrainerCallback], callback: TrainerCallback) -> bool:
     """Move ``callback`` (in place) to just before the first reporting integration that comes before it in
-    ``callbacks``; returns True when it is (now) before every integration."""
+    ``callbacks``; returns True when it is (now) before every integration (False: not in ``callbacks``).
+
+    Safe while ``CallbackHandler.call_event`` iterates over ``callbacks`` and is calling ``callback``: the
+    callbacks it already called move one place right, so the next index is still the callback after ours.
+    """
     if callback not in callbacks:
         return False
     mine = callbacks.index(callback)
@@ -155,15 +159,24 @@ class TrainerLogs:
         self.seen: set[Any] = set()
         #: alerts known by the last read of ``client.alerts()`` (None: not read, or the read failed)
         self.alert_count: int | None = None
+        #: the callback was found in a trainer's callbacks and placed before its integrations
         self.placed = False
+        self._told = False
         self._start_step = 0
         self._logged_step: int | None = None
 
     def place(self, callback: TrainerCallback, handler: Any = None) -> None:
-        """Put ``callback`` before the reporting integrations of ``handler`` (default: the handler calling it)."""
+        """Put ``callback`` before the reporting integrations of ``handler`` (default: the handler calling it;
+        when none is found, and it was never placed, say so once at INFO)."""
         handler = handler if handler is not None else calling_handler(callback)
         if handler is not None:
             self.placed = place_before_loggers(handler.callbacks, callback) or self.placed
+        elif not self.placed and not self._told:
+            self._told = True
+            log.info(
+                "fpmon hook: the trainer's CallbackHandler was not found on the call stack; the fpmon/... values "
+                "reach only the callbacks after this one (call callback.place_before_loggers(trainer))"
+            )
 
     def begin(self, step: int) -> None:
         """Training (re)starts at ``step``: alerts of steps up to it come from before and are not announced."""
