@@ -30,6 +30,8 @@ def run_out(run: storage.Run, open_alerts: int, live_window_s: float, now: datet
         open_alerts=open_alerts,
         status="live" if live else "idle",
         rebaseline_pending=run.rebaseline_review_id is not None,
+        latest_step=run.latest_step,
+        latest_scalars=run.latest_scalars,
     )
 
 

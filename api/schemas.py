@@ -86,6 +86,14 @@ class RunOut(BaseModel):
         description="A reviewer dismissed an alert with rebaseline=true: the run's monitor is re-baselined before "
         "its next processed step",
     )
+    latest_step: int | None = Field(
+        default=None, description="The run's latest processed step (null before the first is processed)"
+    )
+    latest_scalars: dict[str, float | None] | None = Field(
+        default=None,
+        description="The observables of latest_step (as GET /v1/runs/{id}/metrics returns that step's scalars; "
+        "null where not computed); null before the first processed step",
+    )
 
 
 class RunList(BaseModel):

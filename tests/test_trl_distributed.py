@@ -7,7 +7,8 @@ pickle that the test then checks:
   a rank with nothing contributes nothing; ranks disagreeing on d raise on both ranks.
 - ``FPEMonitorCallback`` on two ranks (client only on rank 0): each rank's recorded completions are embedded on
   that rank, gathered, and shipped once by rank 0 with latents; an alert seen by rank 0 triggers the same reset
-  on both ranks (the replicas' weights stay identical).
+  on both ranks (the replicas' weights stay identical), and its ``on_alert`` runs on rank 0 while the stop it
+  sets reaches both ranks.
 - A judge (``judge_reward=``): its per-completion values are gathered like the rewards and shipped once as
   ``reference_rewards`` (a second spawn).
 """
@@ -87,8 +88,17 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         client = _RankClient() if rank == 0 else None
         torch.manual_seed(123)  # identical replicas, as DDP makes them
         model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+        handled: list[int] = []
+
+        def stop(alert: dict[str, Any], control: TrainerControl) -> None:  # runs on rank 0 only
+            handled.append(alert["alert_id"])
+            control.should_training_stop = True
+
         cb = FPEMonitorCallback(
-            client, embedder=_embed, reset_policy=ResetPolicy(alpha=1.0, noise_scale=0.1, cooldown_steps=100)
+            client,
+            embedder=_embed,
+            reset_policy=ResetPolicy(alpha=1.0, noise_scale=0.1, cooldown_steps=100),
+            on_alert=stop,
         )
 
         def reward(prompts: list[str], completions: list[str], **kwargs: Any) -> list[float]:
@@ -107,6 +117,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         result["params"] = [p.detach().clone() for p in model.parameters()]
         result["before"] = before
         result["resets"] = cb.stats.resets
+        result["handled"], result["stop"] = handled, control.should_training_stop
         result["errors"] = dict(cb.stats.errors)
     finally:
         with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as fh:
@@ -157,6 +168,11 @@ def test_callback_ships_once_from_rank0_with_gathered_latents(ranks: list[dict[s
     assert torch.equal(call["latents"], _embed(["x", "x!", "y", "y!", "y!!"]))
     assert torch.equal(call["rewards"], torch.tensor([1.0, 2.0, 1.0, 2.0, 3.0]))
     assert ranks[0]["errors"] == {} and ranks[1]["errors"] == {}
+
+
+def test_on_alert_runs_on_rank0_and_its_stop_reaches_every_rank(ranks: list[dict[str, Any]]) -> None:
+    assert ranks[0]["handled"] == [7] and ranks[1]["handled"] == []
+    assert ranks[0]["stop"] is True and ranks[1]["stop"] is True
 
 
 def test_reset_is_broadcast_and_identical_on_both_ranks(ranks: list[dict[str, Any]]) -> None:

@@ -579,7 +579,7 @@ def test_a_failing_hook_does_not_stop_training(tmp_path: Path, caplog: pytest.Lo
     with caplog.at_level(logging.WARNING, logger="fpmon.trl"):
         trainer = run_grpo(tmp_path, cb, steps=3)
     assert trainer.state.global_step == 3
-    assert cb.stats.errors["on_step_end:RuntimeError"] == 3 and cb.stats.errors["reset:ConnectionError"] == 3
+    assert cb.stats.errors["on_step_end:RuntimeError"] == 3 and cb.stats.errors["alerts:ConnectionError"] == 3
     assert sum("training continues" in r.message for r in caplog.records) == 2  # once per kind
 
 

@@ -35,6 +35,7 @@ from .delivery import Deliverer
 from .items import Item
 from .sender import SenderTransport
 from .spool import RunSpool, sanitise_run_name
+from .view import LatestStep, RunView
 
 
 class Transport(Protocol):
@@ -55,7 +56,8 @@ class Transport(Protocol):
     def flush(self, timeout: float | None = None) -> bool: ...
     def close(self, timeout: float | None = 30.0) -> None: ...
     def stats(self) -> ClientStats: ...
-    def alerts(self) -> list[dict[str, Any]]: ...
+    @property
+    def view(self) -> RunView: ...
 
 
 def str_list(value: Sequence[str] | None, name: str, n: int | None) -> list[str] | None:
@@ -271,7 +273,14 @@ class MonitorClient:
     def alerts(self) -> list[dict[str, Any]]:
         """This run's alerts seen so far (newest first), as the REST API returns them; polled every
         ``poll_alerts_s`` in the background, so this never blocks on the network."""
-        return self._transport.alerts()
+        return self._transport.view.alerts()
+
+    def latest(self) -> LatestStep | None:
+        """This run's latest processed step and its observables (:class:`~monitor.client.view.LatestStep`), or
+        None before one was seen. Polled with the alerts (every ``poll_alerts_s``, and soon after a
+        :meth:`flush`), so this never blocks on the network; it lags the steps observed by the delivery,
+        the processing and up to one poll interval."""
+        return self._transport.view.latest()
 
     @property
     def stats(self) -> ClientStats:

@@ -3,8 +3,8 @@
 Its background thread does everything after ``observe``'s copy: building the step (``items.StepBuilder``:
 embed, drop NaN/Inf rows, encode), sending it (``sinks``) with retries (exponential backoff, full jitter)
 on connection errors, timeouts, 429 and 5xx, the on-disk spool (``spool``) when the sink stays unreachable
-or the in-memory queue (bounded in bytes) is full, and polling the run's alerts. The thread transport runs
-one in the training process; the sender process runs one too.
+or the in-memory queue (bounded in bytes) is full, and polling the run's alerts and latest processed step
+(``view``). The thread transport runs one in the training process; the sender process runs one too.
 
 Order: steps reach the sink in the order they were submitted. Once a step of this run is in the spool,
 later steps go behind it, and the thread drains the spool in step order as soon as the sink answers again
@@ -29,6 +29,7 @@ from .config import ClientConfig, ClientStats
 from .items import Built, Item, StepBuilder
 from .sinks import DeliveryError, RetryPolicy, RunSink
 from .spool import RunInfo, RunSpool, infer_info
+from .view import RunView
 
 log = logging.getLogger("fpmon.client")
 
@@ -79,7 +80,7 @@ class Deliverer:
         self._sent = self._spooled = self._retried = self._dropped = self._rejected = 0
         self._last_error: str | None = None
         self._logged: set[str] = set()
-        self._alerts: list[dict[str, Any]] = []
+        self.view = RunView()  # the run's alerts and latest processed step, polled by the thread
         self._flush_gen = 0  # flush() calls so far
         self._drain_failed_gen = 0  # the flush generation at the last failed spool-drain attempt
         self._nudge = False
@@ -201,10 +202,10 @@ class Deliverer:
         with self._cond:
             self._last_error = message
 
-    def take_over(self, items: Sequence[Item], *, run_id: int | None, alerts: list[dict[str, Any]]) -> None:
+    def take_over(self, items: Sequence[Item], *, run_id: int | None, view: RunView) -> None:
         """Continue the work of a transport that is gone (a sender process): queue ``items`` (admitted
         already, oldest first) ahead of anything submitted later, drain every step now in the spool, and
-        start from the run id and alerts it had reported."""
+        start from the run id, alerts and latest step it had reported (``view``)."""
         with self._cond:
             for item in reversed(items):
                 self._queue.appendleft(item)
@@ -213,7 +214,7 @@ class Deliverer:
             self._backlog = set(self.spool.steps())
             if self._link.run_id is None:
                 self._link.run_id = run_id
-            self._alerts = [dict(a) for a in alerts]
+            self.view.update(view.alerts(), view.latest())
             self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -267,11 +268,6 @@ class Deliverer:
                 embed_seconds=self._builder.embed_seconds,
                 last_error=self._last_error,
             )
-
-    def alerts(self) -> list[dict[str, Any]]:
-        """The run's alerts seen so far (newest first), as the REST API returns them."""
-        with self._cond:
-            return [dict(a) for a in self._alerts]
 
     # ================================================================== building a step
     def _log_once(self, kind: str, level: int, msg: str, *args: object) -> None:
@@ -413,7 +409,7 @@ class Deliverer:
                 attempts, offline, next_attempt = self._drain_one(backlog, attempts, offline, flush_gen)
                 continue
             if now >= next_poll:
-                self._poll_alerts(offline)
+                self.view.poll(None if offline else self._link)
                 next_poll = time.monotonic() + self.config.poll_alerts_s
             if in_hand is not None:  # backing off: later steps wait in the queue (its bound still holds)
                 with self._cond:
@@ -501,9 +497,3 @@ class Deliverer:
                     self._dropped += 1
                 log.error("step %d DROPPED at close: %s", item.step, exc)
             self._resolved(item.step)
-
-    def _poll_alerts(self, offline: bool) -> None:
-        alerts = None if offline else self._link.fetch_alerts()
-        if alerts is not None:
-            with self._cond:
-                self._alerts = alerts

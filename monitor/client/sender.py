@@ -20,7 +20,7 @@ tells the child, in queue order, to drain it behind the steps observed before it
 
 Protocol (``monitor.client.pipe`` frames). To the child: ``("init", dict)``, ``("step", wire item)``,
 ``("adopt", step)``, ``("flush", gen, timeout)``, ``("close",)``. From the child: ``("ready", pid)``,
-``("report", acks, stats, run_id, alerts)``, ``("flushed", gen, ok)``, ``("log", level, name, message)``,
+``("report", acks, stats, run_id, alerts, latest)``, ``("flushed", gen, ok)``, ``("log", level, name, message)``,
 ``("closed",)``; the reader adds ``("eof", returncode)`` when the child is gone.
 """
 
@@ -39,8 +39,9 @@ from .config import COUNTERS, ClientConfig, ClientStats
 from .delivery import Deliverer
 from .items import Item
 from .pipe import SenderDied, item_to_wire
-from .sender_process import SenderProcess
+from .sender_process import SenderProcess, StartFailed
 from .spool import RunSpool
+from .view import RunView
 
 log = logging.getLogger("fpmon.client")
 
@@ -52,10 +53,6 @@ class Adopt:
 
     step: int
     nbytes: int = 0
-
-
-class StartFailed(Exception):
-    """The sender process could not be started at all."""
 
 
 class SenderTransport:
@@ -85,7 +82,7 @@ class SenderTransport:
         self._child_stats: dict[str, Any] = {}  # the running sender's counters
         self._base_stats: dict[str, int] = {}  # counters of senders that are gone
         self._run_id: int | None = None
-        self._alerts: list[dict[str, Any]] = []
+        self._view = RunView()  # the run's alerts and latest step, as the sender reported them
         self._flush_gen = 0  # flush() calls so far
         self._flushed_gen = 0  # the newest flush generation the sender answered
         self._flush_timeout: float | None = None
@@ -228,10 +225,12 @@ class SenderTransport:
                 spool_backlog=backlog,
             )
 
-    def alerts(self) -> list[dict[str, Any]]:
-        """The run's alerts the sender reported (newest first)."""
+    @property
+    def view(self) -> RunView:
+        """The run's alerts and latest processed step, as the sender reported them (after a fallback: as the
+        local ``Deliverer`` polls them)."""
         with self._cond:
-            return self.local.alerts() if self._fallen_back else [dict(a) for a in self._alerts]
+            return self.local.view if self._fallen_back else self._view
 
     # ================================================================== the forwarding thread
     def _forward(self) -> None:
@@ -451,7 +450,7 @@ class SenderTransport:
             if sender is not self._sender:
                 return
             if kind == "report":
-                _, acks, stats, run_id, alerts = message
+                _, acks, stats, run_id, alerts, latest = message
                 for step in acks:
                     item = self._pending.pop(step, None)
                     if item is not None:
@@ -463,8 +462,7 @@ class SenderTransport:
                 self._child_stats = stats
                 if run_id is not None:
                     self._run_id = int(run_id)
-                if alerts is not None:
-                    self._alerts = alerts
+                self._view.update(alerts, latest)
             elif kind == "flushed":
                 self._flushed_gen = max(self._flushed_gen, int(message[1]))
             elif kind == "ready":
@@ -495,7 +493,7 @@ class SenderTransport:
             self._adopt_queued.clear()
             self._pending_bytes = self._queued_bytes = self._unresolved = 0
             # under the lock: a step observed from now on goes to the local Deliverer behind these
-            self.local.take_over(items, run_id=self._run_id, alerts=self._alerts)
+            self.local.take_over(items, run_id=self._run_id, view=self._view)
             self._fallen_back = True
             if not self._closing:  # else close() closes the local Deliverer, which spools what it took over
                 self.local.start()  # under the lock too: a flush() that sees the fallback finds it running

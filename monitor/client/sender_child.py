@@ -6,8 +6,8 @@ the spooled steps to drain, ``steps``: a dead sender's unfinished steps, as wire
 ``Deliverer`` with them (the same building, retries, spool, order and counters as the thread transport),
 then serves the pipe: ``step`` → ``Deliverer.submit``, ``adopt`` → ``adopt_spooled``, ``flush`` → a thread
 that flushes and answers ``("flushed", gen, ok)``, ``close`` → close and exit. A :class:`Reporter` tells the
-parent which steps were resolved, with the counters, the run id and the alerts; log records go to the
-parent too (:class:`ForwardingHandler`).
+parent which steps were resolved, with the counters, the run id, the alerts and the latest processed step
+(``Deliverer.view``); log records go to the parent too (:class:`ForwardingHandler`).
 
 When the parent goes away (its end of the pipe closes), or on SIGTERM, the child closes its ``Deliverer``
 (the steps it holds go to the sink, briefly, or to the spool) and exits. SIGINT (Ctrl-C in the terminal,
@@ -29,6 +29,7 @@ import torch
 
 from .delivery import Deliverer
 from .pipe import SenderDied, item_from_wire, read_frame, write_frame
+from .view import LatestStep
 
 log = logging.getLogger("fpmon.client")
 
@@ -74,8 +75,9 @@ class ForwardingHandler(logging.Handler):
 
 
 class Reporter:
-    """Sends the parent the steps resolved since the last report, the counters, the run id and (when they
-    changed) the alerts: at most every ``interval_s``, and only when something changed."""
+    """Sends the parent the steps resolved since the last report, the counters, the run id and (each when it
+    changed, else None) the alerts and the latest processed step: at most every ``interval_s``, and only when
+    something changed."""
 
     def __init__(self, channel: Channel, interval_s: float = 0.005, idle_s: float = 0.5) -> None:
         self.channel = channel
@@ -89,6 +91,7 @@ class Reporter:
         self.stopped = False
         self._last: tuple[Any, ...] | None = None
         self._last_alerts: list[Any] | None = None
+        self._last_latest: LatestStep | None = None
         self.thread = threading.Thread(target=self._run, name="fpmon-sender-reporter", daemon=True)
 
     def resolved(self, step: int) -> None:
@@ -111,13 +114,14 @@ class Reporter:
             acks, self.acks = self.acks, []
             stats = asdict(self.deliverer.stats())
             run_id = self.deliverer.run_id
-            alerts = self.deliverer.alerts()
+            alerts, latest = self.deliverer.view.alerts(), self.deliverer.view.latest()
         key = (tuple(sorted(stats.items())), run_id)
         changed_alerts = alerts if alerts != self._last_alerts else None
-        if not acks and key == self._last and changed_alerts is None:
+        changed_latest = latest if latest != self._last_latest else None
+        if not acks and key == self._last and changed_alerts is None and changed_latest is None:
             return
-        self._last, self._last_alerts = key, alerts
-        self.channel.send(("report", acks, stats, run_id, changed_alerts))
+        self._last, self._last_alerts, self._last_latest = key, alerts, latest
+        self.channel.send(("report", acks, stats, run_id, changed_alerts, changed_latest))
 
     def stop(self) -> None:
         """Stop the thread and send the last report."""

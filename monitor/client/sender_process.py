@@ -37,6 +37,10 @@ sys.exit(main(sys.argv[1:3]))
 """
 
 
+class StartFailed(Exception):
+    """The sender process could not be started at all (the transport then falls back to a thread)."""
+
+
 class SenderProcess:
     """One sender child process, seen from the training process.
 

@@ -22,6 +22,7 @@ import httpx
 
 from .config import ClientConfig
 from .spool import RunInfo
+from .view import LatestStep
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session, sessionmaker
@@ -49,6 +50,10 @@ class Sink(Protocol):
 
     def alerts(self, run_id: int) -> list[dict[str, Any]]:
         """The run's alerts, newest first, as the REST API returns them."""
+        ...
+
+    def latest(self, run_id: int) -> LatestStep | None:
+        """The run's latest processed step and its observables (None before the first)."""
         ...
 
     def close(self) -> None:
@@ -181,6 +186,11 @@ class HttpSink:
         alerts: list[dict[str, Any]] = resp.json()["alerts"]
         return alerts
 
+    def latest(self, run_id: int) -> LatestStep | None:
+        """``GET /v1/runs/{id}``'s ``latest_step`` and ``latest_scalars`` (None from a sidecar without them)."""
+        body = self._request("GET", f"/v1/runs/{run_id}").json()
+        return LatestStep.of(body.get("latest_step"), body.get("latest_scalars"))
+
     def close(self) -> None:
         self.http.close()
 
@@ -272,6 +282,12 @@ class InProcessSink:
             rows = self.storage.list_alerts(session, run_id=run_id, limit=1000)
             return [self.processing.alert_to_dict(a) for a in rows]
 
+    def latest(self, run_id: int) -> LatestStep | None:
+        """The run row's ``latest_step`` and ``latest_scalars`` (kept with each processed step)."""
+        with self.sessions() as session:
+            run = self.storage.get_run(session, run_id)
+            return None if run is None else LatestStep.of(run.latest_step, run.latest_scalars)
+
     def close(self) -> None:
         """Dispose of the engine's connections."""
         self.engine.dispose()
@@ -293,7 +309,8 @@ class RunSink:
 
     :meth:`deliver` creates the run if needed and posts one step; a 404 on the step over HTTP (the run
     vanished: a fresh database behind the same URL) re-creates the run once. :meth:`fetch_alerts` logs each
-    alert the first time it is seen (a warning on the ``fpmon.client`` logger).
+    alert the first time it is seen (a warning on the ``fpmon.client`` logger); :meth:`fetch_latest` reads
+    the latest processed step (both: ``monitor.client.view.RunView.poll``).
     """
 
     def __init__(self, url: str | None, token: str | None, config: ClientConfig) -> None:
@@ -343,9 +360,23 @@ class RunSink:
             if key not in self._seen_alerts:
                 self._seen_alerts.add(key)
                 log.warning(
-                    "fpmon alert %s at step %s: %s", a.get("type"), a.get("step"), "; ".join(a.get("reasons") or [])
+                    "fpmon alert %s at step %s: %s%s",
+                    a.get("type"),
+                    a.get("step"),
+                    "; ".join(a.get("reasons") or []),
+                    f" - review: {self.url}/#/alerts/{key}" if self.url else "",
                 )
         return alerts
+
+    def fetch_latest(self) -> LatestStep | None:
+        """The run's latest processed step, or None when there is none, no run or sink yet, or no answer."""
+        if self.run_id is None or self._sink is None:
+            return None
+        try:
+            return self._sink.latest(self.run_id)
+        except Exception as exc:
+            log.debug("could not fetch the latest step: %s", exc)
+            return None
 
     def close(self) -> None:
         """Close the sink if it was opened."""

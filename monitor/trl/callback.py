@@ -14,16 +14,16 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from ..stepfile import check_scalars
 from .contract import HookStats, MonitorClientLike
-from .distributed import broadcast_from_main, gather_to_main, rank_and_world
+from .distributed import gather_to_main, rank_and_world
 from .embedding import Embedder, client_embedder, reference_embedder
+from .loggers import AlertHandler, TrainerLogs
 from .probes import generate_probes, probe_due, probe_indices, score_probes
-from .reset import ResetPolicy, alert_key, apply_reset, pick_trigger
+from .reset import ResetPolicy, Resetter
 from .rewards import RewardBatch, StepRecord, combine_step, judge_scalars, judge_slot, prompt_text, reward_float
 
 log = logging.getLogger("fpmon.trl")
@@ -71,6 +71,14 @@ class FPEMonitorCallback(TrainerCallback):
       or a sentence encoder to avoid it. Single process: embedding happens in the client's background thread.
     - ``reset_policy`` (experimental, default None = off): see :class:`ResetPolicy`; alerts are read with the
       non-blocking ``client.alerts()`` at ``on_step_end``.
+    - Alerts: at ``on_step_end`` each alert seen for the first time is logged as a warning (``fpmon.trl``) with
+      its type, step, reasons and review link (``<url>/#/alerts/<id>``), and handed to ``on_alert(alert,
+      control)`` on the training thread: set ``control.should_training_stop`` / ``control.should_save`` to stop
+      or checkpoint (under torch.distributed on_alert runs on rank 0 and those flags are broadcast). An
+      exception in ``on_alert`` is logged and counted in ``stats.errors`` (``on_alert:<type>``), never raised.
+    - Trainer loggers: ``on_log`` adds ``fpmon/<observable>`` (the latest processed step's, from
+      ``client.latest()``), ``fpmon/processed_step`` and ``fpmon/alerts`` (alerts raised so far) to ``logs``; the
+      callback moves itself before the ``report_to`` integrations so they record them (:mod:`monitor.trl.loggers`).
     - The callback never raises into the trainer: an exception in the hook is logged (once per kind), counted in
       ``stats.errors``, and training continues. ``on_train_end`` flushes the client for at most
       ``flush_timeout_s`` seconds (the client stays open: close it yourself).
@@ -88,6 +96,8 @@ class FPEMonitorCallback(TrainerCallback):
         judge_reward: the name of the wrapped reward function whose values are shipped as ``reference_rewards``
             (see above), or None.
         scalars_fn: ``step → {name: number}``, more extra scalars of each shipped step (see above), or None.
+        on_alert: ``(alert: dict, control: TrainerControl) -> None``, called once per new alert, or None.
+        log_scalars: the observables logged as ``fpmon/<name>``; None (default): ``monitor.fpe.SCALAR_NAMES``.
     """
 
     def __init__(
@@ -104,6 +114,8 @@ class FPEMonitorCallback(TrainerCallback):
         flush_timeout_s: float = 30.0,
         judge_reward: str | None = None,
         scalars_fn: Callable[[int], Mapping[str, Any]] | None = None,
+        on_alert: AlertHandler | None = None,
+        log_scalars: Sequence[str] | None = None,
     ) -> None:
         for name, value in (
             ("probe_every", probe_every),
@@ -137,8 +149,11 @@ class FPEMonitorCallback(TrainerCallback):
         self.flush_timeout_s = flush_timeout_s
         self.judge_reward = judge_reward
         self.scalars_fn = scalars_fn
+        self.trainer_logs = TrainerLogs(on_alert, log_scalars)
         self.stats = HookStats()
-        self.reset_log: list[dict[str, Any]] = []
+        self._resetter = Resetter(reset_policy) if reset_policy is not None else None
+        #: one entry per reset: ``{"step", "alert", "stats"}``
+        self.reset_log: list[dict[str, Any]] = self._resetter.log if self._resetter is not None else []
         self._lock = threading.Lock()
         self._slots: list[Any] = []  # original reward funcs by slot (modules/strings included, unrecorded)
         self._pending: list[RewardBatch] = []
@@ -148,8 +163,6 @@ class FPEMonitorCallback(TrainerCallback):
         self._tokenizer: Any = None
         self._seen_on_policy = False
         self._logged: set[str] = set()
-        self._seen_alerts: set[Any] = set()
-        self._last_reset_step: int | None = None
         self._step_lr: float | None = None
 
     # ---------------------------------------------------------------- bookkeeping
@@ -221,12 +234,25 @@ class FPEMonitorCallback(TrainerCallback):
         """Texts, prompts, the TRL-weighted rewards (n,) and the judge's of the pending batches, concatenated."""
         return combine_step(batches, self._weights, len(self._slots), self._judge)
 
+    def place_before_loggers(self, trainer: Any) -> None:
+        """Move this callback before ``trainer``'s ``report_to`` integrations (done by itself at ``on_init_end``
+        and ``on_train_begin``; call it when another code path reorders the callbacks)."""
+        self.trainer_logs.place(self, trainer.callback_handler)
+
     # ---------------------------------------------------------------- hooks
+    def on_init_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        try:
+            self.trainer_logs.place(self)
+        except Exception as exc:
+            self.note_error("on_init_end", exc)
+
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         self.resolve_judge()  # a judge that names no wrapped function is a setup error: raise, before training
         try:
+            self.trainer_logs.place(self)
+            self.trainer_logs.begin(state.global_step)
             self._begin(args, state, kwargs)
         except Exception as exc:
             self.note_error("on_train_begin", exc)
@@ -253,11 +279,34 @@ class FPEMonitorCallback(TrainerCallback):
             self._step_end(args, state, kwargs)
         except Exception as exc:
             self.note_error("on_step_end", exc)
-        if self.reset_policy is not None:
+        alerts = None  # rank 0's, as the client polled them: warned about, handed to on_alert and to resets
+        if self.client is not None and rank_and_world()[0] == 0:
             try:
-                self._maybe_reset(state, kwargs.get("model"))
+                alerts = self.client.alerts()
+            except Exception as exc:
+                self.note_error("alerts", exc)
+        try:
+            self.trainer_logs.step_end(alerts, control, self.client, self.stats.errors)
+        except Exception as exc:
+            self.note_error("on_alert", exc)
+        if self._resetter is not None:
+            try:
+                self.stats.resets += self._resetter.step_end(int(state.global_step), alerts, kwargs.get("model"))
             except Exception as exc:
                 self.note_error("reset", exc)
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        try:
+            self.trainer_logs.on_log(self.client, logs, state)
+        except Exception as exc:
+            self.note_error("on_log", exc)
 
     def on_train_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -455,36 +504,3 @@ class FPEMonitorCallback(TrainerCallback):
             self.note_error("probe-score", exc)
             return None
         return None if batch is None else self._combine([batch])
-
-    def _maybe_reset(self, state: TrainerState, model: nn.Module | None) -> None:
-        policy = self.reset_policy
-        assert policy is not None
-        step = int(state.global_step)
-        rank, world = rank_and_world()
-        trigger: dict[str, Any] | None = None
-        if rank == 0 and self.client is not None:
-            trigger = pick_trigger(self.client.alerts(), self._seen_alerts, policy)
-        fire = trigger is not None and policy.allows(step, self.stats.resets, self._last_reset_step)
-        if world > 1:
-            fire = broadcast_from_main(fire)
-        if trigger is not None and not fire and rank == 0:
-            log.info("fpmon reset: alert %s at step %s ignored (cooldown or max_resets)", alert_key(trigger), step)
-        if not fire or model is None:
-            return
-        gen = torch.Generator().manual_seed(policy.seed + self.stats.resets)
-        stats = apply_reset(model, policy.alpha, policy.noise_scale, gen)
-        self.stats.resets += 1
-        self._last_reset_step = step
-        entry = {"step": step, "alert": trigger, "stats": stats}
-        self.reset_log.append(entry)
-        log.warning(
-            "fpmon reset #%d (experimental) at step %d after alert %s: perturbed %d of %d weights "
-            "(alpha=%.3g, noise_scale=%.3g)",
-            self.stats.resets,
-            step,
-            None if trigger is None else f"{alert_key(trigger)} {trigger.get('type')}",
-            stats.perturbed,
-            stats.entries,
-            policy.alpha,
-            policy.noise_scale,
-        )

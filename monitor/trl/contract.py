@@ -15,7 +15,8 @@ from .embedding import Embedder
 
 @runtime_checkable
 class MonitorClientLike(Protocol):
-    """What the hook needs from ``monitor.client.MonitorClient`` (a fake in tests)."""
+    """What the hook needs from ``monitor.client.MonitorClient`` (a fake in tests). Used when present, not
+    required: ``latest()`` (the run's latest processed step, for ``on_log``) and ``url`` (for review links)."""
 
     def observe(
         self,

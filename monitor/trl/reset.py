@@ -1,11 +1,13 @@
 """Resets (seed §5, **experimental, off by default**): perturb a fraction of the policy's weights after an alert.
 
 :class:`ResetPolicy` says when and how hard; :func:`apply_reset` is the perturbation itself;
-:func:`alert_key` and :func:`pick_trigger` choose the alert that triggers a reset.
+:func:`alert_key` and :func:`pick_trigger` choose the alert that triggers a reset; :class:`Resetter` applies a
+policy at each ``on_step_end`` of ``FPEMonitorCallback``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -13,6 +15,10 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from .distributed import broadcast_from_main, rank_and_world
+
+log = logging.getLogger("fpmon.trl")
 
 
 @dataclass(frozen=True)
@@ -149,3 +155,50 @@ def pick_trigger(alerts: Iterable[dict[str, Any]], seen: set[Any], policy: Reset
         if trigger is None:
             trigger = alert
     return trigger
+
+
+class Resetter:
+    """Applies a :class:`ResetPolicy` after alerts, one training step at a time (the hook's ``on_step_end``).
+
+    Attributes:
+        policy: the policy.
+        log: one entry per reset: ``{"step", "alert", "stats"}`` (``FPEMonitorCallback.reset_log``).
+    """
+
+    def __init__(self, policy: ResetPolicy) -> None:
+        self.policy = policy
+        self.log: list[dict[str, Any]] = []
+        self._seen: set[Any] = set()
+        self._last_step: int | None = None
+
+    def step_end(self, step: int, alerts: list[dict[str, Any]] | None, model: nn.Module | None) -> bool:
+        """Reset ``model`` at ``step`` if rank 0's ``alerts`` (None elsewhere) hold a new trigger the policy
+        allows; under torch.distributed rank 0 decides for every rank (call it on every rank). True: reset."""
+        policy = self.policy
+        rank, world = rank_and_world()
+        trigger: dict[str, Any] | None = None
+        if rank == 0 and alerts is not None:
+            trigger = pick_trigger(alerts, self._seen, policy)
+        fire = trigger is not None and policy.allows(step, len(self.log), self._last_step)
+        if world > 1:
+            fire = broadcast_from_main(fire)
+        if trigger is not None and not fire and rank == 0:
+            log.info("fpmon reset: alert %s at step %s ignored (cooldown or max_resets)", alert_key(trigger), step)
+        if not fire or model is None:
+            return False
+        gen = torch.Generator().manual_seed(policy.seed + len(self.log))
+        stats = apply_reset(model, policy.alpha, policy.noise_scale, gen)
+        self._last_step = step
+        self.log.append({"step": step, "alert": trigger, "stats": stats})
+        log.warning(
+            "fpmon reset #%d (experimental) at step %d after alert %s: perturbed %d of %d weights "
+            "(alpha=%.3g, noise_scale=%.3g)",
+            len(self.log),
+            step,
+            None if trigger is None else f"{alert_key(trigger)} {trigger.get('type')}",
+            stats.perturbed,
+            stats.entries,
+            policy.alpha,
+            policy.noise_scale,
+        )
+        return True
