@@ -28,11 +28,15 @@ from __future__ import annotations
 from .alerts import (
     ALERT_STATUSES,
     REVIEW_DECISIONS,
+    VERDICTS,
+    AlreadyOpen,
+    alert_status_counts,
     get_alert,
     list_alerts,
     list_reviews,
     open_alert_counts,
     review_alert,
+    run_verdict,
 )
 from .claims import DEFAULT_CLAIM_TIMEOUT_S, Claim, claim_next_step, heartbeat_step
 from .db import (
@@ -49,6 +53,7 @@ from .errors import LostClaim, NotFound, StepConflict, StepTooLate
 from .models import Alert, Base, Review, Run, RunState, Step, StepBlob, StepEvidence, StepSample
 from .payloads import load_payload, payload_steps, purge_payloads
 from .reads import (
+    adjacent_steps,
     evidence_threshold,
     first_processed_step,
     metrics,
@@ -78,7 +83,9 @@ __all__ = [
     "DEFAULT_DATABASE_URL",
     "REVIEW_DECISIONS",
     "STEP_STATUSES",
+    "VERDICTS",
     "Alert",
+    "AlreadyOpen",
     "Base",
     "Claim",
     "LostClaim",
@@ -94,6 +101,8 @@ __all__ = [
     "StepSample",
     "StepTooLate",
     "StoredState",
+    "adjacent_steps",
+    "alert_status_counts",
     "check_schema",
     "claim_next_step",
     "complete_step",
@@ -124,6 +133,7 @@ __all__ = [
     "payload_steps",
     "purge_payloads",
     "review_alert",
+    "run_verdict",
     "sample_count",
     "sample_points",
     "samples_at",
