@@ -1,9 +1,10 @@
 """The README's hero image: the review page's alert view on a real GRPO demo database (`fpmon demo`: TRL's
 GRPOTrainer on a tiny LM whose proxy reward pays for the phrase 'trust me'), taken by a real browser.
 
-Runs the full 120-step demo (about a minute on two cores), so it is marked slow; FPMON_DEMO_DB=<path to a demo's
-fpmon.db> reuses one instead. Writes ``docs/img/review-alert.png`` (the alert, its responses and the map) and
-``docs/img/review-step.png`` (the step view of the alert's step), and the same under ``test-artifacts/review/``.
+Runs the full 120-step demo (one to four minutes on two cores), so it is marked slow; FPMON_DEMO_DB=<path to a
+demo's fpmon.db> reuses one instead. Writes ``docs/img/review-alert.png`` (the alert, its responses and the map:
+the README's hero) and ``docs/img/review-step.png`` (the step view opened from the alert step's transition mark),
+and the whole pages under ``test-artifacts/review/``.
 """
 
 from __future__ import annotations
@@ -70,6 +71,20 @@ def test_hero_screenshot_of_the_grpo_demo_alert(tmp_path: Path, monkeypatch: pyt
             try:
                 page = browser.new_context(viewport={"width": 1440, "height": 1000}).new_page()
                 page.on("pageerror", lambda e: errors.append(str(e)))
+                # the run view; the alert's step opened from its transition mark (the first one if thinned out)
+                page.goto(f"{server.url}/#/runs/{run.id}")
+                w2 = page.locator('.chart[data-series="W2_ref"]')
+                expect(w2.locator("canvas")).to_be_visible()
+                page.screenshot(path=ARTIFACTS / "demo-run.png", full_page=True)
+                marks = w2.locator(f'.transition-marker[data-step="{alert.step}"]')
+                mark = marks if marks.count() else w2.locator(".transition-marker").first
+                step = int(mark.get_attribute("data-step") or "-1")
+                mark.click()
+                expect(page).to_have_url(re.compile(rf"#/runs/{run.id}/steps/{step}$"))
+                expect(page.locator("#samples-flagged li.sample").first).to_be_visible()
+                page.screenshot(path=ARTIFACTS / "demo-step.png", full_page=True)
+                page.screenshot(path=DOCS_IMG / "review-step.png", full_page=True, clip=HERO_CLIP)
+
                 page.goto(f"{server.url}/#/alerts/{alert.id}")
                 expect(page.locator("#samples-flagged li.sample").first).to_be_visible()
                 expect(page.locator("#alert-evidence canvas")).to_be_visible()
@@ -79,12 +94,6 @@ def test_hero_screenshot_of_the_grpo_demo_alert(tmp_path: Path, monkeypatch: pyt
                 page.screenshot(path=ARTIFACTS / "demo-alert.png", full_page=True)
                 # the hero: the alert's header, why, map, review and its responses (the top of the page)
                 page.screenshot(path=DOCS_IMG / "review-alert.png", full_page=True, clip=HERO_CLIP)
-                page.click("#open-step")
-                expect(page).to_have_url(re.compile(rf"#/runs/{run.id}/steps/{alert.step}$"))
-                expect(page.locator("#samples-flagged li.sample").first).to_be_visible()
-                expect(page.locator("#step-alerts")).to_contain_text(f"#{alert.id}")
-                page.screenshot(path=ARTIFACTS / "demo-step.png", full_page=True)
-                page.screenshot(path=DOCS_IMG / "review-step.png", full_page=True, clip=HERO_CLIP)
             finally:
                 browser.close()
     finally:

@@ -208,7 +208,7 @@ def test_the_run_story_on_an_open_sidecar(particle_db: tuple[str, int, int, list
                 page.goto(f"{server.url}/#/runs/{run_id}")
                 expect(w2.locator("canvas")).to_be_visible()
                 page.screenshot(path=ARTIFACTS / "run-story.png", full_page=True)
-                page.screenshot(path=DOCS_IMG / "review-run.png")
+                page.screenshot(path=DOCS_IMG / "review-run.png", full_page=True)
 
                 # a transition mark opens that step's view; ←/→ move through the processed steps
                 mark = w2.locator(".transition-marker").first

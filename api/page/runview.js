@@ -335,11 +335,14 @@ export async function renderRun(runId, params) {
         }
         rows = rows.concat(fresh.rows);
         marks.transitions = rows.filter((r) => r.transition).map((r) => r.step);
+        zooming = true; // new data resets the scales: not a reviewer's zoom, and a kept zoom is re-applied
         evidenceChart = evidence.update(rows, fresh.evidence_threshold);
         for (const c of charts.values()) {
           c.chart.setData(chartColumns(c.spec, rows, compareRows));
           c.box.dataset.lastStep = rows[rows.length - 1].step;
         }
+        zooming = false;
+        for (const chart of allCharts()) applyZoom(chart);
       }, POLL_MS),
     );
   }

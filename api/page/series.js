@@ -138,7 +138,7 @@ export function chartSpec(key, names) {
     series.forEach((s, i) => (s.stroke = PALETTE[i % PALETTE.length]));
     return {
       key,
-      title: "Rewards: proxy vs the trainer's other reward scalars",
+      title: series.length > 1 ? "Rewards: the proxy beside the trainer's reward scalars" : "Rewards (proxy mean)",
       unit: "reward (trainer's units)",
       rise: "A proxy reward that climbs while a true reward stalls or falls is the signature of reward hacking.",
       series,
