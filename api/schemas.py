@@ -238,7 +238,7 @@ class Problem(BaseModel):
 
 
 class MapPoint(BaseModel):
-    """A sample of the alert's step on the 2-D map (the run's projection, first two coordinates)."""
+    """A sample of the step on the 2-D map (the run's projection, first two coordinates)."""
 
     index: int
     x: float | None
