@@ -344,3 +344,19 @@ def test_verdicts_and_reopening(filled: tuple[TestClient, int]) -> None:
     assert run()["verdict"] == "dismissed" and run()["rebaseline_pending"] is True
     assert review(ids[0], decision="open").status_code == 200
     assert run()["verdict"] == "open" and run()["rebaseline_pending"] is False
+
+
+def test_every_observable_has_a_chart_title_unit_and_meaning() -> None:
+    """The page's chart catalogue (api/page/series.js) names every scalar the monitor computes, with a title, a
+    value-axis unit and what a rise means: a new observable without them fails here, not silently on the page."""
+    from monitor.fpe import SCALAR_NAMES
+
+    source = (Path(__file__).resolve().parent.parent / "api" / "page" / "series.js").read_text(encoding="utf-8")
+    block = source[source.index("export const OBSERVABLES = {") : source.index("\n};", source.index("OBSERVABLES"))]
+    entries = dict(re.findall(r"\n  (\w+): \{(.*?)\n  \},", block, flags=re.S))
+    assert set(SCALAR_NAMES) <= set(entries), set(SCALAR_NAMES) - set(entries)
+    for name in SCALAR_NAMES:
+        for field in ("title:", "unit:", "rise:"):
+            assert field in entries[name], (name, field)
+    assert 'const LATENT = "whitened latent units"' in source and "${LATENT}" in entries["W2_ref"]
+    assert "nats" in entries["S_dot"]
