@@ -295,7 +295,8 @@ function makeEvidenceChart(container, rows, names, threshold, opts) {
   return chart;
 }
 
-// The figure (chart + plain-words legend + per-stream toggles); returns { holder, box, mount(), update(rows, threshold) }.
+// The figure (chart + plain-words legend + per-stream toggles); returns
+// { holder, box, mount(), update(rows, threshold, keepScales) } (keepScales: new data keeps the x range).
 export function evidenceFigure(rows, threshold, opts) {
   let names = evidenceNames(rows);
   const box = h("figure", {
@@ -341,7 +342,7 @@ export function evidenceFigure(rows, threshold, opts) {
     renderToggles();
     return chart;
   };
-  const update = (allRows, fresh) => {
+  const update = (allRows, fresh, keepScales = false) => {
     rows = allRows;
     if (fresh !== null && fresh !== undefined) {
       threshold = fresh;
@@ -361,7 +362,7 @@ export function evidenceFigure(rows, threshold, opts) {
       names.forEach((n, i) => shown.has(n) && chart.setSeries(i + 1, { show: true }));
       renderToggles();
     } else {
-      chart.setData(evidenceColumns(rows, names));
+      chart.setData(evidenceColumns(rows, names), !keepScales);
     }
     box.dataset.lastStep = rows.length ? rows[rows.length - 1].step : "";
     return chart;

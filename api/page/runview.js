@@ -100,16 +100,22 @@ export async function renderRun(runId, params) {
   let ready = false;
   let zooming = false;
   const allCharts = () => [evidenceChart, ...[...charts.values()].map((c) => c.chart)].filter(Boolean);
+  const sameZoom = (a, b) =>
+    (!a && !b) || (a && b && Math.round(a.min) === Math.round(b.min) && Math.round(a.max) === Math.round(b.max));
   const onZoom = (source) => {
-    // drag-to-zoom on one chart zooms them all (same steps on the x axis), and the URL keeps the range
+    // A chart's x range changed. uPlot may report it after the change (its hooks run on commit), so the range
+    // itself says whether this is news: the range the page asked for (ui.zoom) or the full run is not. A new
+    // range is a reviewer's drag (or a double-click back to all): every chart follows and the URL keeps it.
     if (zooming || !ready) return;
-    zooming = true;
     const { min, max } = source.scales.x;
+    const xs = source.data[0];
+    const full = !xs.length || (min <= xs[0] + 1e-9 && max >= xs[xs.length - 1] - 1e-9);
+    const next = full ? null : { min, max };
+    if (sameZoom(next, ui.zoom)) return;
+    ui.zoom = next;
+    zooming = true;
     for (const chart of allCharts()) if (chart !== source) chart.setScale("x", { min, max });
     zooming = false;
-    const xs = rows.map((r) => r.step);
-    const full = xs.length && min <= xs[0] && max >= xs[xs.length - 1];
-    ui.zoom = full ? null : { min, max };
     writeHash();
   };
   const onPick = (step) => {
@@ -335,14 +341,14 @@ export async function renderRun(runId, params) {
         }
         rows = rows.concat(fresh.rows);
         marks.transitions = rows.filter((r) => r.transition).map((r) => r.step);
-        zooming = true; // new data resets the scales: not a reviewer's zoom, and a kept zoom is re-applied
-        evidenceChart = evidence.update(rows, fresh.evidence_threshold);
+        // new data: a zoomed view keeps its range (the scales are not reset), else the charts grow with the run
+        const keep = Boolean(ui.zoom);
+        evidenceChart = evidence.update(rows, fresh.evidence_threshold, keep);
         for (const c of charts.values()) {
-          c.chart.setData(chartColumns(c.spec, rows, compareRows));
+          c.chart.setData(chartColumns(c.spec, rows, compareRows), !keep);
           c.box.dataset.lastStep = rows[rows.length - 1].step;
         }
-        zooming = false;
-        for (const chart of allCharts()) applyZoom(chart);
+        applyZoom(evidenceChart); // rebuilt when a stream appeared
       }, POLL_MS),
     );
   }
