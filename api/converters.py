@@ -13,8 +13,11 @@ from storage.types import utcnow
 from .schemas import AlertOut, ReviewOut, RunOut, SampleOut
 
 
-def run_out(run: storage.Run, open_alerts: int, live_window_s: float, now: datetime | None = None) -> RunOut:
-    """The run's API form; ``status`` is ``live`` when its last step arrived less than ``live_window_s`` ago."""
+def run_out(
+    run: storage.Run, alert_counts: dict[str, int], live_window_s: float, now: datetime | None = None
+) -> RunOut:
+    """The run's API form; ``alert_counts`` = its alerts per status; ``status`` is ``live`` when its last step
+    arrived less than ``live_window_s`` ago; ``verdict`` follows :func:`storage.run_verdict`."""
     now = now or utcnow()
     live = run.last_step_at is not None and (now - run.last_step_at).total_seconds() < live_window_s
     return RunOut(
@@ -27,17 +30,19 @@ def run_out(run: storage.Run, open_alerts: int, live_window_s: float, now: datet
         steps_received=run.steps_received,
         steps_processed=run.steps_processed,
         last_step_at=run.last_step_at,
-        open_alerts=open_alerts,
+        open_alerts=alert_counts.get("open", 0),
         status="live" if live else "idle",
         rebaseline_pending=run.rebaseline_review_id is not None,
         latest_step=run.latest_step,
         latest_scalars=run.latest_scalars,
+        verdict=storage.run_verdict(alert_counts),
+        alert_counts=alert_counts,
     )
 
 
 def runs_out(session: Session, runs: list[storage.Run], live_window_s: float) -> list[RunOut]:
-    """Several runs' API forms, with their open-alert counts (one query)."""
-    counts = storage.open_alert_counts(session, [r.id for r in runs])
+    """Several runs' API forms, with their alert counts per status and verdicts (one query)."""
+    counts = storage.alert_status_counts(session, [r.id for r in runs])
     return [run_out(r, counts[r.id], live_window_s) for r in runs]
 
 

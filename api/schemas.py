@@ -94,6 +94,16 @@ class RunOut(BaseModel):
         description="The observables of latest_step (as GET /v1/runs/{id}/metrics returns that step's scalars; "
         "null where not computed); null before the first processed step",
     )
+    verdict: Literal["confirmed", "open", "dismissed", "none"] = Field(
+        default="none",
+        description="The reviewers' verdict on the run, by precedence: confirmed (any alert confirmed: the page "
+        "shows 'confirmed reward hacking'), else open (any alert open or acknowledged: not decided yet), else "
+        "dismissed (every alert dismissed), else none (no alert)",
+    )
+    alert_counts: dict[str, int] = Field(
+        default_factory=dict,
+        description="The run's alerts per status: open, acknowledged, confirmed, dismissed (zeros included)",
+    )
 
 
 class RunList(BaseModel):
@@ -161,7 +171,10 @@ class SampleList(BaseModel):
 
 
 class ReviewIn(BaseModel):
-    decision: Literal["acknowledged", "confirmed", "dismissed"]
+    decision: Literal["acknowledged", "confirmed", "dismissed", "open"] = Field(
+        description="The alert's new status; open re-opens a decided alert (409 when it is already open), "
+        "keeping its history"
+    )
     reviewer: Annotated[
         str, Field(min_length=1, max_length=200), AfterValidator(storable_text), AfterValidator(not_blank)
     ]
@@ -233,7 +246,7 @@ class Problem(BaseModel):
 
 
 class MapPoint(BaseModel):
-    """A sample of the alert's step on the 2-D map (the run's projection, first two coordinates)."""
+    """A sample of the step on the 2-D map (the run's projection, first two coordinates)."""
 
     index: int
     x: float | None
@@ -250,22 +263,37 @@ class ReferencePoint(BaseModel):
     text: str | None = Field(description="The response's first 240 characters (the map's hover label)")
 
 
-class AlertContext(BaseModel):
-    """What a reviewer needs beside an alert (``GET /v1/alerts/{id}/context``)."""
+class StepContext(BaseModel):
+    """What a reviewer needs to inspect one processed step (``GET /v1/runs/{run_id}/steps/{step}/context``)."""
 
-    alert: AlertOut
-    step_scalars: dict[str, float | None] = Field(description="All observables of the alert's step")
-    transition: bool | None = Field(description="The streaming detector flagged the alert's step")
+    run_id: int
+    step: int
+    step_scalars: dict[str, float | None] = Field(description="All observables of the step")
+    extra: dict[str, float | None] = Field(
+        default_factory=dict, description="The step's extra scalars sent by the trainer (e.g. true_reward)"
+    )
+    transition: bool | None = Field(description="The streaming detector flagged the step")
     k: int
     flagged: list[SampleOut] = Field(
-        description="The alert's listed responses (ordered by the evidence they carry, the alert's top_samples), "
-        "then the step's next samples by witness score (by |δ| without one), up to k"
+        description="The responses that carry the most evidence: an alert's listed responses (its top_samples, "
+        "in order) first when the context is an alert's, then the step's next samples by witness score (by |δ| "
+        "without one), up to k"
     )
     typical: list[SampleOut] = Field(
         description="The step's k samples with the smallest witness score (smallest |δ| without one), smallest first"
     )
     reference_step: int | None = Field(description="The run's reference step (its first processed step)")
     reference: list[SampleOut] = Field(description="k samples of the reference step, evenly spread by index")
-    n: int = Field(description="Samples in the alert's step")
+    n: int = Field(description="Samples in the step")
     points: list[MapPoint] = Field(description="The step's samples (all, or at most max_points incl. flagged)")
     reference_points: list[ReferencePoint] = Field(description="The reference step's samples (at most max_points)")
+    prev_step: int | None = Field(default=None, description="The run's processed step before this one (null: none)")
+    next_step: int | None = Field(default=None, description="The run's processed step after this one (null: none)")
+    alert_ids: list[int] = Field(default_factory=list, description="The alerts raised at this step")
+
+
+class AlertContext(StepContext):
+    """What a reviewer needs beside an alert (``GET /v1/alerts/{id}/context``): its step's context, the
+    flagged list led by the alert's own responses."""
+
+    alert: AlertOut

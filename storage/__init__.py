@@ -30,11 +30,15 @@ from __future__ import annotations
 from .alerts import (
     ALERT_STATUSES,
     REVIEW_DECISIONS,
+    VERDICTS,
+    AlreadyOpen,
+    alert_status_counts,
     get_alert,
     list_alerts,
     list_reviews,
     open_alert_counts,
     review_alert,
+    run_verdict,
 )
 from .claims import DEFAULT_CLAIM_TIMEOUT_S, Claim, claim_next_step, heartbeat_step
 from .db import (
@@ -61,6 +65,7 @@ from .outbox import (
 )
 from .payloads import load_payload, payload_steps, purge_payloads
 from .reads import (
+    adjacent_steps,
     evidence_threshold,
     first_processed_step,
     metrics,
@@ -91,7 +96,9 @@ __all__ = [
     "OUTBOX_STATUSES",
     "REVIEW_DECISIONS",
     "STEP_STATUSES",
+    "VERDICTS",
     "Alert",
+    "AlreadyOpen",
     "Base",
     "Claim",
     "Delivery",
@@ -110,6 +117,8 @@ __all__ = [
     "StepTooLate",
     "StoredState",
     "WebhookDelivery",
+    "adjacent_steps",
+    "alert_status_counts",
     "check_schema",
     "claim_deliveries",
     "claim_next_step",
@@ -145,6 +154,7 @@ __all__ = [
     "purge_payloads",
     "retry_delivery",
     "review_alert",
+    "run_verdict",
     "sample_count",
     "sample_points",
     "samples_at",

@@ -166,3 +166,12 @@ def sample_points(session: Session, run_id: int, step: int, indices: Sequence[in
 def first_processed_step(session: Session, run_id: int) -> int | None:
     """The run's reference step: its first processed (``done``) step, or None."""
     return session.scalar(select(func.min(Step.step)).where(Step.run_id == run_id, Step.status == "done"))
+
+
+def adjacent_steps(session: Session, run_id: int, step: int) -> tuple[int | None, int | None]:
+    """The run's processed (``done``) steps just before and just after ``step`` (None where there is none):
+    what the review page's ←/→ keys step through."""
+    done = (Step.run_id == run_id, Step.status == "done")
+    before = session.scalar(select(func.max(Step.step)).where(*done, Step.step < step))
+    after = session.scalar(select(func.min(Step.step)).where(*done, Step.step > step))
+    return before, after

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
 from api_helpers import step_payload
@@ -237,3 +238,125 @@ def test_spread_is_even_and_bounded() -> None:
     assert picked[0] == 0 and picked[-1] == 999 and len(picked) == 7
     gaps = [b - a for a, b in itertools.pairwise(picked)]
     assert max(gaps) - min(gaps) <= 1
+
+
+def test_step_context_of_any_processed_step(filled: tuple[TestClient, int], payloads: list[bytes]) -> None:
+    """GET /v1/runs/{id}/steps/{step}/context: any processed step, the alert context's content (one shared
+    function); 404 for an unknown run or a step never received, 409 for a step not processed yet."""
+    client, run_id = filled
+    step = ONSET - 3  # before the change: no alert there
+    resp = client.get(f"/v1/runs/{run_id}/steps/{step}/context", params={"k": K}, headers=auth(READ))
+    assert resp.status_code == 200, resp.text
+    ctx = resp.json()
+    n = decode_step(payloads[step]).latents.shape[0]
+    assert (ctx["run_id"], ctx["step"], ctx["n"], ctx["k"]) == (run_id, step, n, K)
+    assert (ctx["prev_step"], ctx["next_step"], ctx["alert_ids"]) == (step - 1, step + 1, [])
+    assert ctx["extra"] == {} and ctx["step_scalars"]["C"] is not None
+    # flagged: the step's largest witness scores, largest first; typical: the smallest, none of them flagged
+    flagged = [s["witness"] for s in ctx["flagged"]]
+    assert len(flagged) == K and flagged == sorted(flagged, reverse=True)
+    typical = [s["witness"] for s in ctx["typical"]]
+    assert len(typical) == K and typical == sorted(typical) and max(typical) < min(flagged)
+    assert ctx["reference_step"] == 0 and [s["index"] for s in ctx["reference"]] == spread(n, K)
+    assert [p["index"] for p in ctx["points"]] == list(range(n))
+    assert {p["index"] for p in ctx["points"] if p["flagged"]} == {s["index"] for s in ctx["flagged"]}
+
+    # the alert's step: the same content as the alert's context, bar the flagged list the alert leads
+    alert = client.get("/v1/alerts", params={"run_id": run_id}, headers=auth(READ)).json()["alerts"][-1]
+    at = client.get(f"/v1/runs/{run_id}/steps/{alert['step']}/context", headers=auth(READ)).json()
+    of_alert = client.get(f"/v1/alerts/{alert['alert_id']}/context", headers=auth(READ)).json()
+    assert alert["alert_id"] in at["alert_ids"]
+    for key in ("step_scalars", "transition", "reference_step", "reference", "n", "reference_points", "prev_step"):
+        assert at[key] == of_alert[key], key
+    assert of_alert["step"] == alert["step"] and of_alert["run_id"] == run_id
+    # the ends of the run: no step before the first, none after the last
+    first = client.get(f"/v1/runs/{run_id}/steps/0/context", headers=auth(READ)).json()
+    last = client.get(f"/v1/runs/{run_id}/steps/{STEPS - 1}/context", headers=auth(READ)).json()
+    assert first["prev_step"] is None and first["next_step"] == 1 and last["next_step"] is None
+
+    # errors: unknown run, a step never received, a step received but not processed, bad input, no token
+    unknown = client.get("/v1/runs/999999/steps/0/context", headers=auth(READ))
+    assert unknown.status_code == 404 and "run 999999 does not exist" in unknown.json()["detail"]
+    never = client.get(f"/v1/runs/{run_id}/steps/{STEPS + 5}/context", headers=auth(READ))
+    assert never.status_code == 404 and "was not received" in never.json()["detail"]
+    body = payload_with_prompts(STEPS)
+    assert client.post(f"/v1/runs/{run_id}/steps", content=body, headers={**OCTET, **auth()}).status_code == 202
+    pending = client.get(f"/v1/runs/{run_id}/steps/{STEPS}/context", headers=auth(READ))
+    assert pending.status_code == 409 and "pending, not processed yet" in pending.json()["detail"]
+    assert client.get(f"/v1/runs/{run_id}/steps/-1/context", headers=auth(READ)).status_code == 422
+    assert client.get(f"/v1/runs/{run_id}/steps/{step}/context", params={"k": 0}, headers=auth(READ)).status_code == 422
+    assert client.get(f"/v1/runs/{run_id}/steps/{step}/context").status_code == 401
+
+
+def test_verdicts_and_reopening(filled: tuple[TestClient, int]) -> None:
+    """RunOut.verdict by precedence (confirmed > open > dismissed > none) with the counts per status; re-open
+    (decision open) keeps the history and withdraws a pending re-baseline; bad reviews change nothing."""
+    client, run_id = filled
+    alerts = client.get("/v1/alerts", params={"run_id": run_id}, headers=auth(READ)).json()["alerts"]
+    assert len(alerts) >= 1
+    ids = [a["alert_id"] for a in alerts]
+
+    def run() -> dict:
+        return client.get(f"/v1/runs/{run_id}", headers=auth(READ)).json()
+
+    def review(alert_id: int, **body: object) -> httpx.Response:
+        return client.post(f"/v1/alerts/{alert_id}/review", json={"reviewer": "ana", **body}, headers=auth())
+
+    assert run()["verdict"] == "open"
+    assert run()["alert_counts"] == {"open": len(ids), "acknowledged": 0, "confirmed": 0, "dismissed": 0}
+    empty = client.post("/v1/runs", json={"name": "quiet", "latent_dim": 4}, headers=auth()).json()
+    assert empty["verdict"] == "none" and empty["alert_counts"] == dict.fromkeys(storage.ALERT_STATUSES, 0)
+
+    # bad input: 4xx and nothing changes (re-opening an open alert, re-open with a re-baseline, unknown decision)
+    sessions = client.app.state.services.sessions  # type: ignore[attr-defined]
+    with sessions() as session:
+        before = storage.counts(session)
+    again = review(ids[0], decision="open")
+    assert again.status_code == 409 and "already open" in again.json()["detail"]
+    assert review(ids[0], decision="open", rebaseline=True).status_code == 422
+    assert review(ids[0], decision="reopen").status_code == 422
+    assert review(999999, decision="open").status_code == 404
+    with sessions() as session:
+        assert storage.counts(session) == before
+        assert storage.list_reviews(session, ids[0]) == []
+
+    # acknowledged is not a decision yet: still open; one confirmed alert makes the run's verdict confirmed
+    assert review(ids[0], decision="acknowledged").json()["status"] == "acknowledged"
+    assert run()["verdict"] == "open" and run()["alert_counts"]["acknowledged"] == 1
+    assert review(ids[0], decision="confirmed").json()["status"] == "confirmed"
+    assert run()["verdict"] == "confirmed"
+    listed = {r["run_id"]: r for r in client.get("/v1/runs", headers=auth(READ)).json()["runs"]}
+    assert listed[run_id]["verdict"] == "confirmed" and listed[empty["run_id"]]["verdict"] == "none"
+
+    # re-open: back to open, the history keeps both decisions
+    reopened = review(ids[0], decision="open", note="confirmed too fast")
+    assert reopened.status_code == 200 and reopened.json()["status"] == "open"
+    assert [(r["decision"], r["note"]) for r in reopened.json()["reviews"]] == [
+        ("acknowledged", None),
+        ("confirmed", None),
+        ("open", "confirmed too fast"),
+    ]
+    assert run()["verdict"] == "open"
+
+    # every alert dismissed: the run's verdict is dismissed; a re-open withdraws its pending re-baseline
+    for alert_id in ids:
+        assert review(alert_id, decision="dismissed", rebaseline=alert_id == ids[0]).status_code == 200
+    assert run()["verdict"] == "dismissed" and run()["rebaseline_pending"] is True
+    assert review(ids[0], decision="open").status_code == 200
+    assert run()["verdict"] == "open" and run()["rebaseline_pending"] is False
+
+
+def test_every_observable_has_a_chart_title_unit_and_meaning() -> None:
+    """The page's chart catalogue (api/page/series.js) names every scalar the monitor computes, with a title, a
+    value-axis unit and what a rise means: a new observable without them fails here, not silently on the page."""
+    from monitor.fpe import SCALAR_NAMES
+
+    source = (Path(__file__).resolve().parent.parent / "api" / "page" / "series.js").read_text(encoding="utf-8")
+    block = source[source.index("export const OBSERVABLES = {") : source.index("\n};", source.index("OBSERVABLES"))]
+    entries = dict(re.findall(r"\n  (\w+): \{(.*?)\n  \},", block, flags=re.S))
+    assert set(SCALAR_NAMES) <= set(entries), set(SCALAR_NAMES) - set(entries)
+    for name in SCALAR_NAMES:
+        for field in ("title:", "unit:", "rise:"):
+            assert field in entries[name], (name, field)
+    assert 'const LATENT = "whitened latent units"' in source and "${LATENT}" in entries["W2_ref"]
+    assert "nats" in entries["S_dot"]

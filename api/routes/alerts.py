@@ -1,4 +1,4 @@
-"""Alerts: list with filters, get, review (acknowledge / confirm / dismiss with a note)."""
+"""Alerts: list with filters, get, review (acknowledge / confirm / dismiss with a note, or re-open)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,7 @@ def get_alert(alert_id: AlertId, session: SessionDep) -> AlertOut:
     dependencies=[WriteAuth],
     responses={
         404: {"model": Problem},
+        409: {"model": Problem, "description": "decision open for an alert that is already open"},
         422: {"model": Problem, "description": "Invalid review, e.g. rebaseline with another decision than dismissed"},
     },
 )
@@ -53,6 +54,9 @@ def review_alert(alert_id: AlertId, body: ReviewIn, session: SessionDep) -> Aler
     request is stored with the run, so a restart does not lose it; ``RunOut.rebaseline_pending`` shows it and
     the review's ``rebaseline_step`` says when it was applied). Without it, or when confirming, the detector is
     left as it is.
+
+    ``decision: "open"`` re-opens a decided alert (409 if it is open already): the history keeps every review,
+    and a re-baseline still pending from a dismissal of this alert is withdrawn (one already applied stays).
     """
     get_alert_or_404(session, alert_id)
     try:
@@ -61,6 +65,8 @@ def review_alert(alert_id: AlertId, body: ReviewIn, session: SessionDep) -> Aler
         )
     except storage.NotFound as exc:
         raise HTTPException(status.HTTP_404_NOT_FOUND, str(exc)) from exc
+    except storage.AlreadyOpen as exc:
+        raise HTTPException(status.HTTP_409_CONFLICT, str(exc)) from exc
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(exc)) from exc
     return alert_out(session, alert, with_reviews=True)
