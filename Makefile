@@ -8,7 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser postgres demo docs-demo test lint typecheck pytest bench bench-sidecar bench-hook bench-detection validate clean
+.PHONY: install browser postgres demo docs-demo docs-images test lint typecheck pytest bench bench-sidecar bench-hook bench-detection validate clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV_FLAGS) $(VENV)
@@ -34,6 +34,11 @@ demo: $(STAMP)
 # docs/demo.md's output block, from a real run of `fpmon demo` (benchmarks/render_demo_doc.py)
 docs-demo: $(STAMP)
 	$(BIN)/python benchmarks/render_demo_doc.py
+
+# the docs' screenshots (docs/img: the README's hero from a real GRPO demo, the run and step views), retaken by
+# the browser tests; `make test` takes the same captures into test-artifacts/ and leaves docs/img alone
+docs-images: $(STAMP) browser postgres
+	FPMON_DOCS_IMAGES=1 $(BIN)/python -m pytest -n 0 tests/test_review_page.py tests/test_review_demo_page.py
 
 # ruff, then the import contracts of docs/architecture.md ([tool.importlinter] in pyproject.toml)
 lint: $(STAMP)

@@ -197,6 +197,9 @@ def review_command(
     confirm: Annotated[bool, typer.Option("--confirm", help="A real problem.")] = False,
     dismiss: Annotated[bool, typer.Option("--dismiss", help="A false alarm (or the run's new normal).")] = False,
     acknowledge: Annotated[bool, typer.Option("--acknowledge", help="Seen, not decided yet.")] = False,
+    reopen: Annotated[
+        bool, typer.Option("--reopen", help="Back to open (an acknowledged, confirmed or dismissed alert).")
+    ] = False,
     note: Annotated[str | None, typer.Option(help="Why (kept with the review).", show_default=False)] = None,
     reviewer: Annotated[
         str | None, typer.Option(help="Who decides (default: FPMON_REVIEWER, else your user name).", show_default=False)
@@ -209,10 +212,12 @@ def review_command(
     database_url: DatabaseUrl = None,
     as_json: AsJson = False,
 ) -> None:
-    """Record a decision on an alert: exactly one of --confirm, --dismiss, --acknowledge."""
-    chosen = [d for d, on in (("confirmed", confirm), ("dismissed", dismiss), ("acknowledged", acknowledge)) if on]
+    """Record a decision on an alert: exactly one of --confirm, --dismiss, --acknowledge, --reopen (the earlier
+    decisions stay in the alert's history)."""
+    decisions = (("confirmed", confirm), ("dismissed", dismiss), ("acknowledged", acknowledge), ("open", reopen))
+    chosen = [d for d, on in decisions if on]
     if len(chosen) != 1:
-        raise typer.BadParameter("give exactly one of --confirm, --dismiss, --acknowledge")
+        raise typer.BadParameter("exactly one of --confirm --dismiss --acknowledge --reopen")
     who = reviewer or os.environ.get("FPMON_REVIEWER") or _user_name()
     with results_source("review", url, token, database_url) as backend:
         result = backend.review(alert, chosen[0], who, note, rebaseline)

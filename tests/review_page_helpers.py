@@ -3,6 +3,7 @@ the sidecar (responses, prompts, a known transition), the seeded true reward, an
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -12,7 +13,9 @@ from monitor.stepfile import StepPayload, encode_step
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts" / "review"
-DOCS_IMG = ROOT / "docs" / "img"
+#: where the docs' screenshots go: docs/img with FPMON_DOCS_IMAGES=1 (`make docs-images`), else beside the other
+#: artifacts, so that `make test` never rewrites tracked files (the captures are taken and checked either way)
+DOCS_IMG = ROOT / "docs" / "img" if os.environ.get("FPMON_DOCS_IMAGES") == "1" else ARTIFACTS / "docs-img"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",

@@ -388,12 +388,21 @@ def test_review_changes_the_alerts_status(sidecar: Sidecar) -> None:
     assert result.exit_code == 1 and "write token" in result.stderr  # a read token may not review
     for flags in ([], ["--confirm", "--dismiss"]):  # exactly one decision
         result = fpmon("review", str(target), *flags, *sql)
-        assert result.exit_code == 2 and "exactly one of --confirm, --dismiss, --acknowledge" in result.output
+        assert result.exit_code == 2 and "exactly one of --confirm --dismiss --acknowledge --reopen" in result.output
     result = fpmon("review", str(target), "--confirm", "--rebaseline", *sql)
     assert result.exit_code == 1 and "rebaseline" in result.stderr
     result = fpmon("review", str(target), "--confirm", "--reviewer", " ", *http)
     assert result.exit_code == 1 and "reviewer" in result.stderr
     assert seen()["status"] == "acknowledged" and len(seen()["reviews"]) == 2  # none of those wrote anything
+
+    result = fpmon("review", str(target), "--reopen", "--note", "a second look", *http)
+    assert result.exit_code == 0, result.output
+    assert seen()["status"] == "open"
+    assert [r["decision"] for r in seen()["reviews"]] == ["dismissed", "acknowledged", "open"]  # history kept
+    for source in (http, sql):  # an open alert cannot be re-opened: refused, nothing written
+        result = fpmon("review", str(target), "--reopen", *source)
+        assert result.exit_code == 1 and "already open" in result.stderr, result.output
+    assert len(seen()["reviews"]) == 3
 
 
 def test_bad_ids_and_sources_fail_clearly(sidecar: Sidecar, tmp_path: Path) -> None:
