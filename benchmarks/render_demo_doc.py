@@ -10,7 +10,7 @@ written as ``$PWD/fpmon-demo``, and a line saying when it was rendered. Nothing 
 
 :func:`structure_differences` compares the structure of the block with the output of a (shorter) demo run:
 the tables' titles and columns and the fixed sentences, numbers and run-dependent parts (alerts, the onset)
-aside. ``tests/test_demo_grpo.py`` checks it on the demo run it makes anyway, and fails when the demo prints
+aside. ``tests/test_review_demo_page.py`` checks it on the full demo run it makes anyway, and fails when the demo prints
 something the page does not show: then run this script.
 """
 

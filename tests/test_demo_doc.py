@@ -1,6 +1,6 @@
 """docs/demo.md's output block (benchmarks/render_demo_doc.py): the markers are there, the block is a demo's output,
 and the script rewrites the block only. Whether the block has the structure of what the demo prints now is checked
-on the demo run that tests/test_demo_grpo.py makes anyway (``structure_differences``)."""
+on the full demo run that tests/test_review_demo_page.py makes anyway (``structure_differences``)."""
 
 from __future__ import annotations
 

@@ -320,10 +320,11 @@ RECORDED = {
 
 
 def test_a_long_normal_run_matches_the_code_before_the_guards() -> None:
-    """80 normal steps: no flag ever set, the scalars carry exactly SCALAR_NAMES, and the values are the ones
-    the code before issue 12 gave, to rel 1e-4. Bit equality held only on the CPU they were recorded on: another instruction set (AVX2 / AVX-512) sums float32 in
-    another order, which moved these values by up to 4e-6 relative on this project's machines; a guard that
-    touched a normal run (a clamp, a dropped sample) moves them by far more."""
+    """80 normal steps: no flag ever set, the scalars carry exactly SCALAR_NAMES, and the values are the
+    ones the code before issue 12 gave, to rel 1e-4. Bit equality held only on the CPU they were recorded on:
+    another instruction set (AVX2 / AVX-512) sums float32 in another order, which moved these values by up to
+    4e-6 relative on this project's machines; a guard that touched a normal run (a clamp, a dropped sample)
+    moves them by far more."""
     monitor = RLHFMonitor()
     reports = observe_all(monitor, normal_steps(range(80)))
     assert not any(getattr(rep, flag) for rep in reports for flag in FLAGS)

@@ -1,17 +1,22 @@
-"""The README's hero image: the review page's alert view on a real GRPO demo database (`fpmon demo`: TRL's
-GRPOTrainer on a tiny LM whose proxy reward pays for the phrase 'trust me'), taken by a real browser.
+"""`make demo` end to end, and the README's hero image: the full GRPO demo (`fpmon demo`: TRL's GRPOTrainer on a
+tiny LM whose proxy reward pays for the phrase 'trust me', with its own sidecar) fills its database, prints what
+docs/demo.md shows, raises a reward-hacking alert whose responses are the exploit's, and the review page's alert
+view of it is taken by a real browser.
 
-Runs the full 120-step demo (one to four minutes on two cores), so it is marked slow; FPMON_DEMO_DB=<path to a
-demo's fpmon.db> reuses one instead. Writes ``docs/img/review-alert.png`` (the alert, its responses and the map:
-the README's hero) and ``docs/img/review-step.png`` (the step view opened from the alert step's transition mark),
-and the whole pages under ``test-artifacts/review/``.
+Runs the full 120-step demo (about a minute on two idle cores), so it is marked slow; FPMON_DEMO_DB=<path to a
+demo's fpmon.db> reuses one instead (then the demo's output and database checks are not run).
+FPMON_SKIP_BROWSER=1 skips the browser half only. Writes the docs' ``review-alert.png`` (the alert, its responses
+and the map: the README's hero) and ``review-step.png`` (the step view opened from the alert step's transition
+mark) into ``DOCS_IMG`` (docs/img under ``make docs-images``), and the whole pages under ``test-artifacts/review/``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -21,17 +26,59 @@ from typer.testing import CliRunner
 
 import storage
 from api.cli import app
+from benchmarks.render_demo_doc import structure_differences
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("FPMON_SKIP_BROWSER") == "1", reason="FPMON_SKIP_BROWSER=1: browser skipped"),
-]
+pytestmark = pytest.mark.slow
+#: the demo's defaults (monitor/demo/grpo.py): steps, and completions per step (8 prompts × 8 generations)
+DEMO_STEPS, DEMO_N = 120, 64
 #: the part of the page the docs show: the full width, the top 1300 px
 HERO_CLIP = {"x": 0, "y": 0, "width": 1440, "height": 1300}
 
 
+def check_demo_run(output: str, out: Path) -> None:
+    """What `fpmon demo` printed and stored: the table docs/demo.md shows, one run of DEMO_STEPS processed steps of
+    DEMO_N responses (texts, rewards), the observables from the third step on, and the judge's and the proxy's
+    step means as extra scalars (``/metrics`` rows' ``extra``)."""
+    assert "Per step: rewards (TRL) and observables (sidecar)" in output
+    assert f"fpmon serve --database-url sqlite:///{out / 'fpmon.db'}" in output
+    assert "Hook errors" not in output
+    assert not (drift := structure_differences(output)), drift  # docs/demo.md shows what the demo prints
+    db = sqlite3.connect(out / "fpmon.db")
+    try:
+        ((run_id, name, latent_dim, processed),) = db.execute(
+            "SELECT id, name, latent_dim, steps_processed FROM runs"
+        ).fetchall()
+        assert name.startswith("toy-grpo-proxy-seed0-")
+        assert latent_dim == 64  # ModelEmbedder on the tiny LM: its hidden size
+        assert processed == DEMO_STEPS
+        rows = db.execute("SELECT step, status, n, scalars FROM steps WHERE run_id = ? ORDER BY step", (run_id,))
+        rows = rows.fetchall()
+        assert [r[0] for r in rows] == list(range(1, DEMO_STEPS + 1))  # TRL's global_step, as the hook ships it
+        assert all(status == "done" and n == DEMO_N for _, status, n, _ in rows)
+        for _, _, _, scalars in rows[2:]:  # from the third step on, the flow between steps is defined
+            for key in ("C", "S_dot", "W2_ref", "div_q99", "reward_mean"):
+                assert json.loads(scalars).get(key) is not None, (key, scalars)
+        texts = db.execute("SELECT COUNT(*), COUNT(text), COUNT(reward) FROM step_samples WHERE run_id = ?", (run_id,))
+        assert texts.fetchone() == (DEMO_STEPS * DEMO_N,) * 3
+    finally:
+        db.close()
+    engine = storage.make_engine(f"sqlite:///{out / 'fpmon.db'}")
+    try:
+        with storage.session_factory(engine)() as session:
+            extra_rows = storage.metrics(session, run_id)
+    finally:
+        engine.dispose()
+    assert [r["step"] for r in extra_rows] == list(range(1, DEMO_STEPS + 1))
+    for r in extra_rows:
+        true, proxy = r["extra"]["true_reward"], r["extra"]["proxy_reward"]
+        # proxy = true + 1.0 × the exploit share (means of float32 rewards: 1e-6 of rounding)
+        assert 0.0 <= true <= 1.0 and true - 1e-6 <= proxy <= true + 1.0 + 1e-6, r
+    assert not list(out.parent.glob("fpmon-spool*"))  # the client's spool lives in the demo folder
+
+
 def demo_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A GRPO demo's database: FPMON_DEMO_DB's (copied, so the test writes nothing there) or a fresh demo run."""
+    """A GRPO demo's database: FPMON_DEMO_DB's (copied, so the test writes nothing there) or a fresh demo run,
+    checked with :func:`check_demo_run`."""
     given = os.environ.get("FPMON_DEMO_DB")
     if given:
         copy = tmp_path / "fpmon.db"
@@ -42,15 +89,20 @@ def demo_database(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     out = tmp_path / "demo"
     result = CliRunner().invoke(app, ["demo", "--out", str(out), "--sidecar-timeout", "300"])
     assert result.exit_code == 0, result.output + repr(result.exception)
+    check_demo_run(result.output, out)
     return out / "fpmon.db"
 
 
-def test_hero_screenshot_of_the_grpo_demo_alert(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_grpo_demo_catches_the_exploit_and_the_page_shows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from playwright.sync_api import expect, sync_playwright
 
+    db = demo_database(tmp_path, monkeypatch)
+    if os.environ.get("FPMON_SKIP_BROWSER") == "1":
+        pytest.skip("FPMON_SKIP_BROWSER=1: the demo was checked, its page is not")
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium`, or FPMON_SKIP_BROWSER=1", pytrace=False)
-    db = demo_database(tmp_path, monkeypatch)
     url = f"sqlite:///{db}"
     storage.upgrade(url)  # a database from an older fpmon: to head (no-op otherwise)
     engine = storage.make_engine(url)
