@@ -72,10 +72,11 @@ postgres:
 	    for _ in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done; \
 	fi
 
-# pytest-xdist: one worker per CPU (PYTEST_WORKERS=0 runs in one process); PYTEST_ARGS for anything else
+# pytest-xdist: one worker per CPU (PYTEST_WORKERS=0 runs in one process), idle workers steal queued tests from
+# busy ones (the long sidecar tests no longer leave one worker alone at the end); PYTEST_ARGS for anything else
 PYTEST_WORKERS ?= auto
 pytest: $(STAMP) browser postgres
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
