@@ -343,6 +343,33 @@ def test_upgrade_0003_to_0004_keeps_the_rows_and_downgrade_drops_only_what_0004_
         eng.dispose()
 
 
+def insert_old_run_with_alert(eng: Engine, status: str) -> tuple[int, int]:
+    """A run, its processed step 0 and an alert there with ``status``, written through the tables as they are
+    (reflected: a migration test's older schema, where the ORM models of the head do not fit);
+    returns ``(run_id, alert_id)``."""
+    from sqlalchemy import MetaData, Table, insert
+
+    meta = MetaData()
+    runs_t, steps_t, alerts_t = (Table(name, meta, autoload_with=eng) for name in ("runs", "steps", "alerts"))
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    with eng.begin() as conn:
+        run_id = conn.execute(
+            insert(runs_t).values(name="old", latent_dim=4, config={}, created_at=now).returning(runs_t.c.id)
+        ).scalar_one()
+        conn.execute(
+            insert(steps_t).values(
+                run_id=run_id, step=0, status="done", payload_sha256="0" * 64, n=1, received_at=now, scalars={}
+            )
+        )
+        alert = dict(scalars={}, reasons=[], top_samples=[], recommendation="", created_at=now)
+        alert_id = conn.execute(
+            insert(alerts_t)
+            .values(run_id=run_id, step=0, type="PHASE_TRANSITION", status=status, **alert)
+            .returning(alerts_t.c.id)
+        ).scalar_one()
+    return int(run_id), int(alert_id)
+
+
 def test_upgrade_0004_to_0005_adds_extra_scalars_and_reopen_and_downgrade_removes_them(database_url: str) -> None:
     """Rows written under 0004 read back under 0005 with no extra scalars; 0005 accepts a review decision
     ``open`` (re-open) that 0004's check refused; a downgrade deletes those re-open reviews, drops the column and
@@ -358,34 +385,10 @@ def test_upgrade_0004_to_0005_adds_extra_scalars_and_reopen_and_downgrade_remove
     eng = make_engine(database_url)
     try:
         meta = MetaData()
-        runs_t, steps_t, alerts_t, reviews_t = (
-            Table(name, meta, autoload_with=eng) for name in ("runs", "steps", "alerts", "reviews")
-        )
+        reviews_t = Table("reviews", meta, autoload_with=eng)
         now = datetime(2026, 12, 2, tzinfo=UTC)
+        run_id, alert_id = insert_old_run_with_alert(eng, "confirmed")
         with eng.begin() as conn:
-            run_id = conn.execute(
-                insert(runs_t).values(name="old", latent_dim=4, config={}, created_at=now).returning(runs_t.c.id)
-            ).scalar_one()
-            conn.execute(
-                insert(steps_t).values(
-                    run_id=run_id, step=0, status="done", payload_sha256="0" * 64, n=1, received_at=now, scalars={}
-                )
-            )
-            alert_id = conn.execute(
-                insert(alerts_t)
-                .values(
-                    run_id=run_id,
-                    step=0,
-                    type="PHASE_TRANSITION",
-                    status="confirmed",
-                    created_at=now,
-                    scalars={},
-                    reasons=[],
-                    top_samples=[],
-                    recommendation="",
-                )
-                .returning(alerts_t.c.id)
-            ).scalar_one()
             conn.execute(
                 insert(reviews_t).values(alert_id=alert_id, decision="confirmed", reviewer="ann", created_at=now)
             )
@@ -438,33 +441,8 @@ def test_upgrade_0005_to_0006_adds_an_empty_outbox_and_downgrade_drops_it(databa
     eng = make_engine(database_url)
     try:
         assert "webhook_outbox" not in inspect(eng).get_table_names()
-        meta = MetaData()
-        runs_t, steps_t, alerts_t = (Table(name, meta, autoload_with=eng) for name in ("runs", "steps", "alerts"))
         now = datetime(2026, 12, 2, tzinfo=UTC)
-        with eng.begin() as conn:
-            run_id = conn.execute(
-                insert(runs_t).values(name="old", latent_dim=4, config={}, created_at=now).returning(runs_t.c.id)
-            ).scalar_one()
-            conn.execute(
-                insert(steps_t).values(
-                    run_id=run_id, step=0, status="done", payload_sha256="0" * 64, n=1, received_at=now, scalars={}
-                )
-            )
-            alert_id = conn.execute(
-                insert(alerts_t)
-                .values(
-                    run_id=run_id,
-                    step=0,
-                    type="PHASE_TRANSITION",
-                    status="open",
-                    created_at=now,
-                    scalars={},
-                    reasons=[],
-                    top_samples=[],
-                    recommendation="",
-                )
-                .returning(alerts_t.c.id)
-            ).scalar_one()
+        _, alert_id = insert_old_run_with_alert(eng, "open")
         assert upgrade(eng) == head_revision()
         with session_factory(eng)() as s:
             assert outbox_counts(s) == {"pending": 0, "delivered": 0, "failed": 0}
