@@ -358,3 +358,24 @@ def test_the_run_resource_carries_the_latest_step_and_the_http_sink_reads_it(app
     (row,) = client.get(f"/v1/runs/{run_id}/metrics", params={"start": 2}).json()["rows"]
     assert run["latest_step"] == 2 and run["latest_scalars"] == row["scalars"]
     assert sink.latest(run_id) == LatestStep.of(2, row["scalars"])
+
+
+def test_one_warning_per_alert_when_the_client_logs_alerts_itself(caplog: pytest.LogCaptureFixture) -> None:
+    """MonitorClient warns about each alert itself (``announces_alerts``): the hook then keeps its line at DEBUG,
+    so a hooked run shows one warning per alert, and still hands each alert to ``on_alert`` once."""
+    assert MonitorClient.announces_alerts is True
+    calls: list[int] = []
+    client = ScheduledClient({})
+    client.announces_alerts = True  # type: ignore[attr-defined]
+    cb = FPEMonitorCallback(client, embedder=no_embedder, on_alert=lambda a, c: calls.append(a["alert_id"]))
+    args = TrainingArguments(output_dir="/tmp/unused", report_to=[], use_cpu=True)
+    state, control = TrainerState(global_step=1), TrainerControl()
+    cb.on_train_begin(args, state, control)
+    client.alert_list = [alert(3, 2)]
+    with caplog.at_level(logging.DEBUG, logger="fpmon.trl"):
+        state.global_step = 2
+        cb.on_step_end(args, state, control)
+        cb.on_step_end(args, state, control)
+    (line,) = [r for r in caplog.records if r.name == "fpmon.trl" and "alert #3 " in r.getMessage()]
+    assert line.levelno == logging.DEBUG and f"{URL}/#/alerts/3" in line.getMessage()
+    assert calls == [3]

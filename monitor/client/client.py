@@ -105,6 +105,10 @@ class MonitorClient:
     Use it as a context manager, or call :meth:`close` (also registered with ``atexit``).
     """
 
+    #: the client logs each new alert itself (a warning on ``fpmon.client`` with its review link, from the
+    #: background poll), so the TRL hook does not log a second line for it
+    announces_alerts: bool = True
+
     def __init__(
         self,
         url: str | None = DEFAULT_URL,

@@ -183,10 +183,11 @@ class TrainerLogs:
         self._start_step = int(step)
 
     def announce(
-        self, alerts: list[dict[str, Any]] | None, control: TrainerControl, url: str | None
+        self, alerts: list[dict[str, Any]] | None, control: TrainerControl, url: str | None, warn: bool = True
     ) -> list[tuple[dict[str, Any], BaseException]]:
-        """Warn about each alert not seen before and hand it to ``on_alert``; returns the (alert, exception)
-        pairs of ``on_alert`` calls that raised (the caller counts them; they are logged here)."""
+        """Warn about each alert not seen before (at DEBUG instead with ``warn=False``: the client already
+        warned) and hand it to ``on_alert``; returns the (alert, exception) pairs of ``on_alert`` calls that
+        raised (the caller counts them; they are logged here)."""
         failed: list[tuple[dict[str, Any], BaseException]] = []
         self.alert_count = None if alerts is None else len(alerts)
         for alert in reversed(alerts or []):  # oldest first
@@ -197,7 +198,7 @@ class TrainerLogs:
             step = alert.get("step")
             if self._start_step and isinstance(step, int) and step <= self._start_step:
                 continue  # raised before this training (re)started
-            log.warning("%s", alert_line(alert, url))
+            log.log(logging.WARNING if warn else logging.DEBUG, "%s", alert_line(alert, url))
             if self.on_alert is None:
                 continue
             try:
@@ -211,10 +212,13 @@ class TrainerLogs:
         self, alerts: list[dict[str, Any]] | None, control: TrainerControl, client: Any, errors: Counter[str]
     ) -> None:
         """``on_step_end``: :meth:`announce` rank 0's ``alerts`` (failures of ``on_alert`` counted in ``errors``
-        as ``on_alert:<type>``), then, when there is an ``on_alert``, share rank 0's flags with every rank."""
+        as ``on_alert:<type>``; the warning only when the client does not log alerts itself,
+        ``client.announces_alerts``, so each alert is one line), then, when there is an ``on_alert``, share rank
+        0's flags with every rank."""
         try:
             url = getattr(client, "url", None)
-            for _, exc in self.announce(alerts, control, url if isinstance(url, str) else None):
+            warn = not getattr(client, "announces_alerts", False)
+            for _, exc in self.announce(alerts, control, url if isinstance(url, str) else None, warn):
                 errors[f"on_alert:{type(exc).__name__}"] += 1
         finally:
             if self.on_alert is not None:
