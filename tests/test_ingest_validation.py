@@ -440,7 +440,7 @@ def test_the_worker_hands_the_judge_to_the_monitor(sidecar: tuple[TestClient, in
     with sessions() as session:
         assert [s.status for s in storage.list_steps(session, run_id, limit=10)] == ["done"] * 4
         stored = storage.load_run_state(session, run_id)
-        assert stored is not None
+        assert stored is not None and len(stored.tensors) > 0  # the state was saved with its tensors
         state = storage.decode_state(stored.meta, stored.tensors)
         assert state["meta"]["version"] == 3 and state["meta"]["steps_seen"] == 4
     past = state["meta"]["evidence"]["past"]

@@ -191,7 +191,7 @@ def test_the_run_story_on_an_open_sidecar(particle_db: tuple[str, int, int, list
                 expect(page.locator('.chart[data-series="extra:true_reward"] canvas')).to_be_visible()
                 expect(page).to_have_url(re.compile(r"charts=[^&]*extra:true_reward"))
                 box = w2.locator(".u-over").bounding_box()
-                assert box is not None
+                assert box is not None and box["width"] > 0 and box["height"] > 0  # the plot area is drawn
                 page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] / 2)
                 page.mouse.down()
                 page.mouse.move(box["x"] + box["width"] * 0.9, box["y"] + box["height"] / 2, steps=5)
@@ -203,7 +203,7 @@ def test_the_run_story_on_an_open_sidecar(particle_db: tuple[str, int, int, list
                 expect(c_chart).to_have_attribute("data-scale", "linear" if before == "log" else "log")
                 assert page.url == zoomed
                 zoom = re.search(r"x=(\d+)\.\.(\d+)", zoomed)
-                assert zoom is not None
+                assert zoom is not None and int(zoom[1]) < int(zoom[2])  # a real range, left < right
                 expect(page.locator("#charts")).to_have_attribute("data-zoom", f"{zoom[1]}..{zoom[2]}")
                 page.click("#reset-zoom")
                 expect(page).not_to_have_url(re.compile(r"x=\d"))
@@ -246,7 +246,7 @@ def test_the_run_story_on_an_open_sidecar(particle_db: tuple[str, int, int, list
                 page.goto(f"{server.url}/#/runs/{run_id}")
                 over = page.locator('.chart[data-series="H"] .u-over')
                 box = over.bounding_box()
-                assert box is not None
+                assert box is not None and box["width"] > 0 and box["height"] > 0  # the plot area is drawn
                 over.click(position={"x": box["width"] * 0.25, "y": box["height"] / 2})
                 expect(page).to_have_url(re.compile(rf"#/runs/{run_id}/steps/\d+$"))
                 picked = int(page.url.rsplit("/", 1)[1])
